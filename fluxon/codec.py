@@ -1,0 +1,559 @@
+"""FlatDict binary codec: how a message or KV value is laid out in the pool (no pickle).
+
+A FlatDict is ``dict[str, int | float | bool | str | bytes | numpy.ndarray]``: flat,
+no ``None``. Encoding is two phases so that nothing is written before everything is
+checked: :func:`prepare` validates, converts and computes the exact size, then
+:func:`write` copies into a ``uint8`` buffer (a slice of the shared pool). Each
+``bytes`` value and each array buffer is copied with one memcpy; numbers are inline.
+:func:`decode` returns arrays as zero-copy views of the buffer.
+
+Layout (little-endian; ``a`` and ``b`` are the two value words of an entry)::
+
+    0      u32 magic "FLXD"  u16 version  u16 nfields  u64 total bytes
+    16     entries, nfields x 24 bytes:
+             u8 tag  u8 ndim  u16 key_len  u32 meta_len  8 bytes a  u64 b
+             INT    a = int64 value
+             FLOAT  a = float64 value
+             BOOL   a = 0 or 1
+             STR    a = offset in the var region, b = UTF-8 length
+             BYTES  a = offset in the var region, b = length
+             NDARRAY a = offset of its meta in the var region, b = data bytes;
+                    meta = shape (ndim x u64) + dtype.str (meta_len bytes),
+                    then zero padding to 8, then the C-order data
+    16+24n keys: every key's UTF-8 bytes, in entry order
+           zero padding to a multiple of 8
+    var    str / bytes / array items in entry order (array meta and data 8-aligned)
+
+Accepted values and what comes back:
+
+- ``bool`` (checked before ``int``), ``int`` in int64 range, ``float``, ``str``, ``bytes``
+  come back as themselves; ``numpy`` bool/integer/float scalars come back as Python
+  ``bool``/``int``/``float``;
+- ``bytearray`` and ``memoryview`` are accepted as bytes and come back as ``bytes``;
+- ``numpy.ndarray`` of any bool/integer/float/complex dtype (either byte order), any
+  shape including 0-d and empty, comes back with the same dtype and shape (C order);
+- objects exposing ``__dlpack__`` on the CPU (e.g. torch tensors) are converted with
+  ``numpy.from_dlpack`` and come back as ndarrays.
+
+Anything else (``None``, nested containers, object/str/void/datetime arrays, non-str or
+empty keys, ints outside int64) raises :class:`InvalidArgumentError` naming the field.
+A buffer that does not hold a valid encoding raises :class:`MsgDeserializeError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from .api_error import InvalidArgumentError, MsgDeserializeError
+
+__all__ = [
+    "FlatDict",
+    "Prepared",
+    "decode",
+    "encode",
+    "encode_into",
+    "encoded_size",
+    "prepare",
+    "validate_flat_dict",
+    "write",
+]
+
+FlatDict = dict  # dict[str, int | float | bool | str | bytes | np.ndarray]
+
+MAGIC = 0x44584C46  # b"FLXD" read as a little-endian u32
+VERSION = 1
+HEADER_BYTES = 16
+ENTRY_BYTES = 24
+MAX_FIELDS = 0xFFFF
+MAX_KEY_BYTES = 0xFFFF
+MAX_NDIM = 64
+
+TAG_INT = 1
+TAG_FLOAT = 2
+TAG_BOOL = 3
+TAG_STR = 4
+TAG_BYTES = 5
+TAG_NDARRAY = 6
+
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+_KDLCPU = 1
+
+_HEADER = struct.Struct("<IHHQ")
+_F64_AT = struct.Struct("<d")
+_ENTRY_FORMATS = {TAG_INT: "BBHIqQ", TAG_FLOAT: "BBHIdQ", TAG_BOOL: "BBHIqQ"}
+_VAR_ENTRY_FORMAT = "BBHIqQ"
+
+#: dtype.str -> dtype for every accepted array dtype (bool, ints, floats, complex,
+#: both byte orders). One table for encoding checks and decoding lookups.
+_DTYPES: dict[str, np.dtype] = {}
+for _t in (
+    np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
+    np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128,
+    np.clongdouble,
+):  # fmt: skip
+    for _order in "<>":
+        _dt = np.dtype(_t).newbyteorder(_order)
+        _DTYPES[_dt.str] = _dt
+_DTYPES_BY_BYTES = {k.encode("ascii"): v for k, v in _DTYPES.items()}
+_SHAPE_STRUCTS = [struct.Struct(f"<{n}Q") for n in range(MAX_NDIM + 1)]
+_ALLOWED = "int, float, bool, str, bytes or a numeric/bool numpy array"
+
+
+def _align8(x: int) -> int:
+    return (x + 7) & ~7
+
+
+def _bad(key: Any, problem: str, value: Any = None) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"FlatDict field {key!r}: {problem}",
+        details={"field": key, "type": type(value).__name__},
+    )
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str):
+        raise InvalidArgumentError(
+            f"FlatDict key {key!r} is a {type(key).__name__}; keys must be str",
+            details={"field": repr(key), "type": type(key).__name__},
+        )
+    return str(key)
+
+
+def _array_tag(key: str, arr: np.ndarray) -> np.ndarray:
+    """Check an ndarray's dtype and make it C-contiguous."""
+    if isinstance(arr, np.ma.MaskedArray):
+        raise _bad(key, "masked arrays are not supported (the mask would be lost)", arr)
+    if type(arr) is not np.ndarray:
+        arr = np.asarray(arr)
+    if arr.dtype.str not in _DTYPES:
+        raise _bad(
+            key,
+            f"numpy dtype {arr.dtype} is not supported; arrays must be bool, integer, "
+            "float or complex",
+            arr,
+        )
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr
+
+
+def _normalise(key: str, value: Any) -> tuple[int, Any]:
+    """Tag and canonical value of anything that is not exactly a fast-path type."""
+    if isinstance(value, bool):
+        return TAG_BOOL, bool(value)
+    if isinstance(value, int):
+        return TAG_INT, int(value)
+    if isinstance(value, float):
+        return TAG_FLOAT, float(value)
+    if isinstance(value, str):
+        return TAG_STR, str(value)
+    if isinstance(value, bytes):
+        return TAG_BYTES, bytes(value)
+    if isinstance(value, bytearray):
+        return TAG_BYTES, value
+    if isinstance(value, memoryview):
+        if value.c_contiguous:
+            return TAG_BYTES, value.cast("B") if value.ndim != 1 or value.format != "B" else value
+        return TAG_BYTES, value.tobytes()
+    if isinstance(value, np.ndarray):
+        return TAG_NDARRAY, value
+    if isinstance(value, np.generic):
+        if isinstance(value, np.bool_):
+            return TAG_BOOL, bool(value)
+        if isinstance(value, np.integer):
+            return TAG_INT, int(value)
+        if isinstance(value, np.floating) and value.dtype.itemsize <= 8:
+            return TAG_FLOAT, float(value)
+        raise _bad(
+            key,
+            f"numpy scalar {type(value).__name__} is not supported; wrap it with "
+            "numpy.asarray() to store it as a 0-d array",
+            value,
+        )
+    if value is None:
+        raise _bad(key, f"None is not allowed (values must be {_ALLOWED})", value)
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        raise _bad(
+            key,
+            f"nested {type(value).__name__} is not allowed; a FlatDict is flat "
+            f"(values must be {_ALLOWED})",
+            value,
+        )
+    if hasattr(type(value), "__dlpack__"):
+        return TAG_NDARRAY, _from_dlpack(key, value)
+    raise _bad(key, f"values of type {type(value).__name__} are not supported ({_ALLOWED})", value)
+
+
+def _from_dlpack(key: str, value: Any) -> np.ndarray:
+    device = getattr(value, "__dlpack_device__", None)
+    if device is not None:
+        try:
+            dev_type = int(device()[0])
+        except Exception as exc:  # noqa: BLE001 - any failure of a foreign object
+            raise _bad(key, f"__dlpack_device__() failed: {exc}", value) from None
+        if dev_type != _KDLCPU:
+            raise _bad(
+                key,
+                f"{type(value).__name__} lives on DLPack device type {dev_type}, not the CPU; "
+                "copy it to the CPU first (e.g. tensor.cpu())",
+                value,
+            )
+    try:
+        return np.from_dlpack(value)
+    except Exception as exc:  # noqa: BLE001 - any failure of a foreign object
+        raise _bad(
+            key,
+            f"cannot read {type(value).__name__} through DLPack ({type(exc).__name__}: {exc})",
+            value,
+        ) from None
+
+
+_FAST_TAGS = {
+    int: TAG_INT,
+    float: TAG_FLOAT,
+    bool: TAG_BOOL,
+    str: TAG_STR,
+    bytes: TAG_BYTES,
+    np.ndarray: TAG_NDARRAY,
+}
+
+
+@lru_cache(maxsize=512)
+def _layout_struct(tags: bytes, keys_len: int) -> struct.Struct:
+    """Header + entries + keys + zero padding, packed by one ``pack_into`` call."""
+    entries = "".join(_ENTRY_FORMATS.get(t, _VAR_ENTRY_FORMAT) for t in tags)
+    fixed = HEADER_BYTES + ENTRY_BYTES * len(tags) + keys_len
+    return struct.Struct(f"<IHHQ{entries}{keys_len}s{_align8(fixed) - fixed}x")
+
+
+class Prepared:
+    """A validated FlatDict, ready to be written (see :func:`prepare`).
+
+    Attributes
+    ----------
+    size : int
+        Exact number of bytes :func:`write` will write.
+    """
+
+    __slots__ = ("_args", "_copies", "_keys", "_struct", "_values", "size")
+
+    def __init__(self, size, layout, args, copies, keys, values) -> None:
+        self.size: int = size
+        self._struct: struct.Struct = layout
+        self._args: list = args
+        self._copies: list = copies
+        self._keys: list = keys
+        self._values: list = values
+
+    def fields(self) -> list[tuple[str, Any]]:
+        """The fields as they will be stored (converted values, e.g. dlpack -> ndarray)."""
+        return list(zip(self._keys, self._values))
+
+    def __repr__(self) -> str:
+        return f"Prepared(size={self.size}, fields={self._keys!r})"
+
+
+def prepare(value: Any) -> Prepared:
+    """Validate a FlatDict and compute its encoding; nothing is written yet.
+
+    Parameters
+    ----------
+    value : dict
+        The FlatDict.
+
+    Returns
+    -------
+    Prepared
+        Pass it to :func:`write`; ``.size`` is the exact encoded size.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the offending field (``details["field"]``) and its type.
+    """
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(
+            f"a FlatDict must be a dict, got {type(value).__name__}",
+            details={"field": None, "type": type(value).__name__},
+        )
+    n = len(value)
+    if n > MAX_FIELDS:
+        raise InvalidArgumentError(f"a FlatDict has at most {MAX_FIELDS} fields, got {n}")
+    tags = bytearray()
+    args: list = [MAGIC, VERSION, n, 0]
+    copies: list = []  # (offset in the var region, bytes-like or uint8 ndarray)
+    key_parts: list = []
+    keys: list = []
+    values: list = []
+    cursor = 0  # end of the var region so far
+    keys_len = 0
+    for k, v in value.items():
+        if type(k) is not str:
+            k = _check_key(k)
+        try:
+            kb = k.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _bad(k, f"the key is not valid UTF-8 text ({exc.reason})", k) from None
+        klen = len(kb)
+        if not klen:
+            raise InvalidArgumentError(
+                "FlatDict keys must not be empty", details={"field": "", "type": "str"}
+            )
+        if klen > MAX_KEY_BYTES:
+            raise _bad(k, f"the key is {klen} bytes long; at most {MAX_KEY_BYTES} are allowed", k)
+        tag = _FAST_TAGS.get(type(v))
+        if tag is None:
+            tag, v = _normalise(k, v)
+        if tag == TAG_INT:
+            if not _INT64_MIN <= v <= _INT64_MAX:
+                raise _bad(k, f"int {v} does not fit in int64", v)
+            args += (TAG_INT, 0, klen, 0, v, 0)
+        elif tag == TAG_BYTES:
+            size = len(v) if type(v) is not memoryview else v.nbytes
+            args += (TAG_BYTES, 0, klen, 0, cursor, size)
+            if size:
+                copies.append((cursor, v))
+            cursor += size
+        elif tag == TAG_FLOAT:
+            args += (TAG_FLOAT, 0, klen, 0, v, 0)
+        elif tag == TAG_BOOL:
+            args += (TAG_BOOL, 0, klen, 0, 1 if v else 0, 0)
+        elif tag == TAG_STR:
+            try:
+                raw = v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise _bad(k, f"the str is not valid UTF-8 text ({exc.reason})", v) from None
+            size = len(raw)
+            args += (TAG_STR, 0, klen, 0, cursor, size)
+            if size:
+                copies.append((cursor, raw))
+            cursor += size
+        else:  # TAG_NDARRAY
+            v = _array_tag(k, v)
+            dstr = v.dtype.str.encode("ascii")
+            ndim = v.ndim
+            meta_start = _align8(cursor)
+            meta_len = len(dstr)
+            data_start = _align8(meta_start + 8 * ndim + meta_len)
+            meta = b"".join(
+                (
+                    bytes(meta_start - cursor),
+                    _SHAPE_STRUCTS[ndim].pack(*v.shape),
+                    dstr,
+                    bytes(data_start - meta_start - 8 * ndim - meta_len),
+                )
+            )
+            nbytes = v.nbytes
+            args += (TAG_NDARRAY, ndim, klen, meta_len, meta_start, nbytes)
+            copies.append((cursor, meta))
+            if nbytes:
+                copies.append((data_start, v.reshape(-1).view(np.uint8)))
+            cursor = data_start + nbytes
+        tags.append(tag)
+        key_parts.append(kb)
+        keys_len += klen
+        keys.append(k)
+        values.append(v)
+    layout = _layout_struct(bytes(tags), keys_len)
+    total = layout.size + cursor
+    args[3] = total
+    args.append(b"".join(key_parts))
+    return Prepared(total, layout, args, copies, keys, values)
+
+
+def write(prepared: Prepared, buf: Any, offset: int = 0) -> int:
+    """Write a prepared FlatDict into ``buf[offset : offset + prepared.size]``.
+
+    Parameters
+    ----------
+    prepared : Prepared
+        From :func:`prepare`.
+    buf : numpy.ndarray | bytearray | memoryview
+        A writable 1-D byte buffer (usually a ``uint8`` view of the pool).
+    offset : int
+        Where the encoding starts (keep it 8-aligned so array data stays aligned).
+
+    Returns
+    -------
+    int
+        Bytes written (``prepared.size``).
+
+    Raises
+    ------
+    ValueError
+        If the range does not fit in ``buf`` (a caller bug: nothing is written).
+    """
+    mv = memoryview(buf)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    size = prepared.size
+    if offset < 0 or offset + size > mv.nbytes:
+        raise ValueError(
+            f"cannot write {size} bytes at offset {offset} into a buffer of {mv.nbytes} bytes"
+        )
+    layout = prepared._struct
+    layout.pack_into(mv, offset, *prepared._args)
+    base = offset + layout.size
+    for rel, data in prepared._copies:
+        start = base + rel
+        mv[start : start + len(data)] = data
+    return size
+
+
+def encode_into(buf: Any, offset: int, prepared: Prepared) -> int:
+    """Same as :func:`write` with the arguments in buffer-first order."""
+    return write(prepared, buf, offset)
+
+
+def encoded_size(value: Any) -> int:
+    """Exact encoded size of a FlatDict (validates it)."""
+    return prepare(value).size
+
+
+def validate_flat_dict(value: Any) -> list[tuple[str, Any]]:
+    """Validate a FlatDict without encoding it.
+
+    Returns
+    -------
+    list of (str, value)
+        The fields as they would be stored (numpy scalars as Python numbers,
+        bytearray/memoryview as bytes-like, dlpack objects as ndarrays).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the offending field.
+    """
+    return prepare(value).fields()
+
+
+def encode(value: Any) -> bytes:
+    """A FlatDict's encoding as ``bytes`` (convenience for tests and small messages)."""
+    prepared = prepare(value)
+    out = bytearray(prepared.size)
+    write(prepared, out, 0)
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------- decode
+@lru_cache(maxsize=256)
+def _entries_struct(n: int) -> struct.Struct:
+    return struct.Struct("<" + "BBHIqQ" * n)
+
+
+def _corrupt(reason: str) -> MsgDeserializeError:
+    return MsgDeserializeError(f"cannot decode FlatDict: {reason}")
+
+
+def decode(buf: np.ndarray | bytes | bytearray | memoryview) -> dict:
+    """Decode a FlatDict written by :func:`write`.
+
+    Parameters
+    ----------
+    buf : numpy.ndarray (uint8, 1-D) | bytes | bytearray | memoryview
+        Starts with an encoding; bytes after it are ignored.
+
+    Returns
+    -------
+    dict
+        The FlatDict. Arrays are zero-copy views of ``buf`` (read-only when ``buf`` is);
+        ``bytes`` and ``str`` values are copies.
+
+    Raises
+    ------
+    MsgDeserializeError
+        If ``buf`` does not start with a complete, valid encoding.
+    """
+    if type(buf) is not np.ndarray:
+        try:
+            buf = np.frombuffer(buf, dtype=np.uint8)
+        except (TypeError, ValueError) as exc:
+            raise _corrupt(f"cannot read a {type(buf).__name__} as bytes ({exc})") from None
+    elif buf.dtype != np.uint8 or buf.ndim != 1:
+        raise _corrupt(f"expected a 1-D uint8 array, got {buf.dtype} with shape {buf.shape}")
+    if not buf.flags.c_contiguous:
+        buf = np.ascontiguousarray(buf)
+    length = buf.shape[0]
+    if length < HEADER_BYTES:
+        raise _corrupt(f"{length} bytes is shorter than the {HEADER_BYTES}-byte header")
+    mv = memoryview(buf)
+    magic, version, n, total = _HEADER.unpack_from(mv, 0)
+    if magic != MAGIC:
+        raise _corrupt(f"bad magic 0x{magic:08x} (expected 0x{MAGIC:08x})")
+    if version != VERSION:
+        raise _corrupt(f"encoding version {version} is not supported (this fluxon reads {VERSION})")
+    if total > length:
+        raise _corrupt(f"the encoding is {total} bytes but only {length} are available")
+    keys_at = HEADER_BYTES + ENTRY_BYTES * n
+    if keys_at > total:
+        raise _corrupt(f"{n} entries do not fit in {total} bytes")
+    e = _entries_struct(n).unpack_from(mv, HEADER_BYTES)
+    keys_len = sum(e[2::6])
+    var = _align8(keys_at + keys_len)
+    if var > total:
+        raise _corrupt("the keys run past the end of the encoding")
+    keys_raw = mv[keys_at : keys_at + keys_len].tobytes()
+    try:
+        keys_text = keys_raw.decode("utf-8")
+        ascii_keys = len(keys_text) == keys_len
+        out: dict = {}
+        kp = 0
+        for i in range(0, 6 * n, 6):
+            tag = e[i]
+            klen = e[i + 2]
+            if ascii_keys:
+                key = keys_text[kp : kp + klen]
+            else:
+                key = keys_raw[kp : kp + klen].decode("utf-8")
+            kp += klen
+            if not key or key in out:
+                raise _corrupt(f"empty or repeated key {key!r}")
+            a = e[i + 4]
+            if tag == TAG_INT:
+                out[key] = a
+                continue
+            if tag == TAG_FLOAT:
+                out[key] = _F64_AT.unpack_from(mv, HEADER_BYTES + 4 * i + 8)[0]
+                continue
+            if tag == TAG_BOOL:
+                if a != 0 and a != 1:
+                    raise _corrupt(f"field {key!r}: bool word {a}")
+                out[key] = a == 1
+                continue
+            b = e[i + 5]
+            start = var + a
+            if tag == TAG_BYTES or tag == TAG_STR:
+                end = start + b
+                if a < 0 or end > total:
+                    raise _corrupt(f"field {key!r}: value runs past the end of the encoding")
+                out[key] = (
+                    mv[start:end].tobytes() if tag == TAG_BYTES else str(mv[start:end], "utf-8")
+                )
+                continue
+            if tag != TAG_NDARRAY:
+                raise _corrupt(f"field {key!r}: unknown tag {tag}")
+            ndim = e[i + 1]
+            meta_len = e[i + 3]
+            shape_end = start + 8 * ndim
+            meta_end = shape_end + meta_len
+            if a < 0 or ndim > MAX_NDIM or meta_len > 8 or meta_end > total:
+                raise _corrupt(f"field {key!r}: bad array header")
+            dtype = _DTYPES_BY_BYTES.get(mv[shape_end:meta_end].tobytes())
+            if dtype is None:
+                raise _corrupt(f"field {key!r}: unsupported dtype code")
+            shape = _SHAPE_STRUCTS[ndim].unpack_from(mv, start)
+            data = _align8(meta_end)
+            count = 1
+            for dim in shape:
+                count *= dim
+            if data + b > total or count * dtype.itemsize != b:
+                raise _corrupt(f"field {key!r}: array data does not match its shape and dtype")
+            out[key] = buf[data : data + b].view(dtype).reshape(shape)
+    except (UnicodeDecodeError, ValueError, TypeError, OverflowError, struct.error) as exc:
+        raise _corrupt(f"{type(exc).__name__}: {exc}") from None
+    return out

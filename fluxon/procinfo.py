@@ -1,0 +1,110 @@
+"""Process identity from ``/proc``: a pid alone is reused, a (pid, start time) pair is not.
+
+The start time is field 22 of ``/proc/<pid>/stat`` (clock ticks since boot). The second
+field, the command name, is wrapped in parentheses and may itself contain spaces or
+parentheses, so the fields are split only after the *last* ``')'``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Fields after the closing ')' start at field 3 (state); field 22 is starttime.
+_STATE_FIELD = 3
+_STARTTIME_FIELD = 22
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat``, or ``None`` if the process does not exist."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", errors="replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError:
+        return None
+    close = raw.rfind(")")
+    if close < 0:
+        return None
+    return raw[close + 1 :].split()
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot.
+
+    Parameters
+    ----------
+    pid : int
+        Process id.
+
+    Returns
+    -------
+    int or None
+        Field 22 of ``/proc/<pid>/stat``, or ``None`` when the process does not exist.
+    """
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    try:
+        return int(fields[_STARTTIME_FIELD - _STATE_FIELD])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_state(pid: int) -> str | None:
+    """One-letter scheduler state of ``pid`` (``R``, ``S``, ``Z``, ...), or ``None`` if gone."""
+    fields = _stat_fields(pid)
+    if not fields:
+        return None
+    return fields[0]
+
+
+def is_process_alive(pid: int, start_time: int | None = None) -> bool:
+    """Whether the process ``pid`` still exists and is the same process.
+
+    Parameters
+    ----------
+    pid : int
+        Process id.
+    start_time : int, optional
+        Start time recorded earlier with :func:`process_start_time`. When given, a
+        process with the same pid but another start time (pid reuse) counts as dead.
+
+    Returns
+    -------
+    bool
+        ``False`` if the process is gone, is a zombie (or dead), or was replaced.
+    """
+    fields = _stat_fields(pid)
+    if not fields:
+        return False
+    if fields[0] in ("Z", "X", "x"):
+        return False
+    if start_time is None:
+        return True
+    try:
+        return int(fields[_STARTTIME_FIELD - _STATE_FIELD]) == int(start_time)
+    except (IndexError, ValueError):
+        return False
+
+
+def boot_time_ns() -> int:
+    """Wall-clock boot time in nanoseconds since the epoch (from ``/proc/stat`` ``btime``)."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime "):
+                    return int(line.split()[1]) * 1_000_000_000
+    except OSError:
+        pass
+    return 0
+
+
+def clock_ticks_per_second() -> int:
+    """``sysconf(SC_CLK_TCK)``: the unit of :func:`process_start_time`."""
+    try:
+        return int(os.sysconf("SC_CLK_TCK"))
+    except (ValueError, OSError):
+        return 100

@@ -1,0 +1,518 @@
+"""The owner: one per node and cluster; it owns the node's shared-memory pool.
+
+Lifecycle::
+
+    lock pool dir ─► connect etcd ─► Pool.create (0600) ─► register in etcd ─► shared.json
+         │                                                   (lease + keepalive)   (ready signal)
+         ▼
+    every 0.2 s: heartbeat, reap dead members (pid + start time) ──► delete their etcd member key
+         │
+    SIGINT/SIGTERM ─► mark_closing ─► etcd keys/lease ─► shared.json ─► close + unlink pool ─► rmdir
+
+``shared.json`` is written last, so a client that finds it finds a registered owner.
+A ``flock`` on the pool directory keeps a second owner away while this one lives (the
+kernel drops it when the process dies, even by SIGKILL). etcd work other than start-up
+runs on a side thread so a slow or absent etcd never delays the heartbeat or reaping.
+
+Run it as ``python -m fluxon.service.owner --config-b64 B64 | --config PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any
+
+import orjson
+
+import fluxon_kernels
+
+from .. import naming
+from ..api_error import ApiError, EtcdError, InvalidConfigurationError
+from ..procinfo import is_process_alive, process_start_time
+from ..runtime.ctrlc import register_ctrlc_callback
+from ..runtime.launch import add_config_arguments, config_from_arguments
+from ..runtime.service_support import host_name, read_json, setup_service_logging, write_json_atomic
+
+_log = logging.getLogger("fluxon.owner")
+
+#: Seconds between heartbeats / reaping passes.
+LOOP_INTERVAL_S = 0.2
+#: TTL of the owner's etcd lease; renewed every third of it.
+LEASE_TTL_S = 10
+#: Seconds between refreshes of the pool statistics published in the owner key.
+STATS_INTERVAL_S = 5.0
+#: Deadline of each etcd call made by the owner.
+ETCD_TIMEOUT_S = 3.0
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_ALREADY_OWNED = 3
+
+
+class OwnerAlreadyRunning(RuntimeError):
+    """Another live owner holds this pool directory (or this instance key in etcd)."""
+
+
+def _field(member: Any, name: str, default: Any = None) -> Any:
+    """Read ``name`` from a reaped-member record (object or dict)."""
+    if isinstance(member, dict):
+        return member.get(name, default)
+    return getattr(member, name, default)
+
+
+class OwnerService:
+    """The owner's state and steps; :func:`run_owner_blocking` drives it.
+
+    Parameters
+    ----------
+    config : FluxonKvClientConfig or dict
+        Owner configuration (``contribute_to_cluster_pool_size.dram > 0`` and
+        ``fluxonkv_spec.etcd_addresses``).
+    """
+
+    def __init__(self, config: Any) -> None:
+        from ..config import FluxonKvClientConfig
+
+        cfg = config if isinstance(config, FluxonKvClientConfig) else FluxonKvClientConfig(config)
+        if cfg.is_external or cfg.dram_bytes <= 0:
+            raise InvalidConfigurationError(
+                "the owner contributes the pool: contribute_to_cluster_pool_size.dram must be > 0",
+                config_key="contribute_to_cluster_pool_size.dram",
+                config_value=str(cfg.dram_bytes),
+            )
+        if not cfg.etcd_addresses:
+            raise InvalidConfigurationError(
+                "the owner needs fluxonkv_spec.etcd_addresses",
+                config_key="fluxonkv_spec.etcd_addresses",
+            )
+        self.cfg = cfg
+        self.instance_key: str = cfg.instance_key
+        self.cluster_name: str = cfg.cluster_name
+        self.share_mem_path: str = os.path.abspath(cfg.share_mem_path)
+        self.etcd_addresses: list[str] = list(cfg.etcd_addresses)
+        self.sub_cluster = cfg.sub_cluster
+        self.size_bytes: int = int(cfg.dram_bytes)
+        self.pool_dir = naming.pool_dir(self.share_mem_path, self.cluster_name)
+        self.pool_file = naming.pool_file(self.share_mem_path, self.cluster_name)
+        self.shared_json = naming.shared_json(self.share_mem_path, self.cluster_name)
+        self.pid = os.getpid()
+        self.start_time = process_start_time(self.pid)
+        self.started_at = time.time()
+        self.host = host_name()
+        self.pool = None
+        self.session = None
+        self.lease = None
+        self._keepalive = None
+        self._lock_fd: int | None = None
+        self._created_dirs: list[str] = []
+        self._lease_lost = threading.Event()
+        self._etcd_jobs: queue.Queue = queue.Queue()
+        self._etcd_stop = threading.Event()
+        self._etcd_thread: threading.Thread | None = None
+        self.reaped_total = 0
+
+    # ------------------------------------------------------------- start
+    def start(self) -> None:
+        """Lock the pool directory, create the pool, register in etcd, write shared.json.
+
+        Raises
+        ------
+        OwnerAlreadyRunning
+            If a live owner holds the pool directory.
+        EtcdError
+            If etcd is unreachable (everything created so far is removed first).
+        """
+        try:
+            self._lock_pool_dir()
+            from ..etcd_client import connect
+
+            self.session = connect(self.etcd_addresses, timeout=ETCD_TIMEOUT_S)
+            from ..pool import Pool
+
+            self.pool = Pool.create(
+                self.share_mem_path,
+                self.cluster_name,
+                self.instance_key,
+                self.size_bytes,
+                mode=0o600,
+            )
+            self._register_etcd()
+            self._write_shared_json()
+        except BaseException:
+            self.shutdown()
+            raise
+        self._etcd_thread = threading.Thread(
+            target=self._etcd_worker, name="fluxon-owner-etcd", daemon=True
+        )
+        self._etcd_thread.start()
+        _log.info(
+            "owner %s of cluster %s ready: pool %s (%d bytes), etcd %s",
+            self.instance_key,
+            self.cluster_name,
+            self.pool_file,
+            self.size_bytes,
+            ",".join(self.etcd_addresses),
+        )
+
+    def _lock_pool_dir(self) -> None:
+        for directory in (self.share_mem_path, self.pool_dir):
+            if not os.path.isdir(directory):
+                try:
+                    os.makedirs(directory, mode=0o700)
+                    self._created_dirs.append(directory)
+                except FileExistsError:
+                    pass
+        fd = os.open(self.pool_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise OwnerAlreadyRunning(self._already_owned_text()) from None
+            raise
+        self._lock_fd = fd
+        # A previous owner that did not take the lock (or a foreign tool) may still be alive.
+        shared = read_json(self.shared_json)
+        if isinstance(shared, dict):
+            pid, start = shared.get("owner_pid"), shared.get("owner_start_time")
+            if isinstance(pid, int) and pid != self.pid and is_process_alive(pid, start):
+                raise OwnerAlreadyRunning(self._already_owned_text())
+            _log.info("removing the shared.json of a dead owner (pid %s)", pid)
+            self._remove_file(self.shared_json)
+
+    def _already_owned_text(self) -> str:
+        shared = read_json(self.shared_json)
+        who = ""
+        if isinstance(shared, dict):
+            who = f" (owner {shared.get('owner_id')!r}, pid {shared.get('owner_pid')})"
+        return (
+            f"another live owner already owns {self.pool_dir}{who}; stop it first "
+            "(`python -m fluxon down`) or use another share_mem_path/cluster_name"
+        )
+
+    def _owner_record(self) -> dict:
+        record = {
+            "owner_id": self.instance_key,
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "host": self.host,
+            "cluster_name": self.cluster_name,
+            "sub_cluster": self.sub_cluster,
+            "share_mem_path": self.share_mem_path,
+            "pool_file": self.pool_file,
+            "segment_len": self.size_bytes,
+            "layout_version": fluxon_kernels.LAYOUT_VERSION,
+            "started_at": self.started_at,
+        }
+        pool = self.pool
+        if pool is not None and not pool.closed:
+            try:
+                record["heap_bytes"] = pool.heap_bytes()
+                record["free_bytes"] = pool.free_bytes()
+                record["attached_members"] = len(pool.members())
+            except Exception as exc:  # noqa: BLE001 - statistics are best effort
+                _log.debug("pool statistics unavailable: %r", exc)
+        record["published_at"] = time.time()
+        return record
+
+    def _member_record(self) -> dict:
+        return {
+            "instance_key": self.instance_key,
+            "kind": "owner",
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "host": self.host,
+            "owner_id": self.instance_key,
+            "sub_cluster": self.sub_cluster,
+            "started_at": self.started_at,
+        }
+
+    def _claim_key(self, key: str, value: bytes, lease: Any) -> None:
+        """Create ``key`` under ``lease``; take it over only from a dead process of this host."""
+        session = self.session
+        if session.put_if_absent(key, value, lease=lease):
+            return
+        previous = session.get(key)
+        try:
+            rec = orjson.loads(previous) if previous is not None else None
+        except orjson.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict):
+            pid, start = rec.get("pid"), rec.get("start_time")
+            same_host = rec.get("host") in (None, self.host)
+            live = isinstance(pid, int) and is_process_alive(pid, start)
+            if pid != self.pid and (not same_host or live):
+                raise OwnerAlreadyRunning(
+                    f"etcd key {key} is held by a live process (host {rec.get('host')}, "
+                    f"pid {pid}): instance_key {self.instance_key!r} is already in use in cluster "
+                    f"{self.cluster_name!r}"
+                )
+        session.put(key, value, lease=lease)
+
+    def _register_etcd(self) -> None:
+        session = self.session
+        lease = session.grant_lease(LEASE_TTL_S)
+        self.lease = lease
+        self._claim_key(
+            naming.owner_key(self.cluster_name, self.instance_key),
+            orjson.dumps(self._owner_record()),
+            lease,
+        )
+        self._claim_key(
+            naming.member_key(self.cluster_name, self.instance_key),
+            orjson.dumps(self._member_record()),
+            lease,
+        )
+        self._lease_lost.clear()
+        self._keepalive = session.keepalive(
+            lease,
+            LEASE_TTL_S / 3.0,
+            on_lost=lambda _id: self._lease_lost.set(),
+            name="fluxon-owner-lease",
+        )
+
+    def _write_shared_json(self) -> None:
+        pool = self.pool
+        now_ms = int(time.time() * 1000)
+        data = {
+            "owner_id": self.instance_key,
+            "owner_pid": self.pid,
+            "owner_start_time": self.start_time,
+            "node_start_time": int(self.started_at * 1000),
+            "segment_len": pool.size,
+            "pool_file": self.pool_file,
+            "cluster_name": self.cluster_name,
+            "share_mem_path": self.share_mem_path,
+            "sub_cluster": self.sub_cluster,
+            "etcd_addresses": self.etcd_addresses,
+            "layout_version": fluxon_kernels.LAYOUT_VERSION,
+            "host": self.host,
+            "write_ts": now_ms,
+        }
+        write_json_atomic(self.shared_json, data, mode=0o600)
+
+    # ------------------------------------------------------------- steady state
+    def step(self) -> list:
+        """One heartbeat + reaping pass; returns the members reaped in it."""
+        pool = self.pool
+        pool.heartbeat()
+        reaped = pool.reap_dead_members()
+        for member in reaped:
+            self.reaped_total += 1
+            name = _field(member, "name", "")
+            pid = _field(member, "pid")
+            kind = _field(member, "kind_name", None) or _field(member, "kind")
+            _log.info(
+                "reaped dead member %r (pid %s, kind %s, slot %s): its locks, blocks and slot "
+                "are free",
+                name,
+                pid,
+                kind,
+                _field(member, "slot"),
+            )
+            if name and name != self.instance_key:
+                self._etcd_jobs.put(("delete_member", name, pid))
+        return reaped
+
+    def _etcd_worker(self) -> None:
+        """Side thread: dead members' etcd keys, lease re-registration, pool statistics."""
+        next_stats = time.monotonic() + STATS_INTERVAL_S
+        while not self._etcd_stop.is_set():
+            try:
+                job = self._etcd_jobs.get(timeout=0.5)
+            except queue.Empty:
+                job = None
+            if self._etcd_stop.is_set():
+                return
+            try:
+                if job is not None:
+                    self._delete_dead_member_key(job[1], job[2])
+                if self._lease_lost.is_set():
+                    _log.warning("owner lease expired during an etcd outage; registering again")
+                    if self._keepalive is not None:
+                        self._keepalive.stop()
+                    self._register_etcd()
+                    _log.info("owner registered again in etcd")
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + STATS_INTERVAL_S
+                    if not self._lease_lost.is_set():
+                        self.session.put(
+                            naming.owner_key(self.cluster_name, self.instance_key),
+                            orjson.dumps(self._owner_record()),
+                            lease=self.lease,
+                        )
+            except EtcdError as exc:
+                _log.warning("etcd bookkeeping deferred: %s", exc)
+            except ApiError as exc:
+                _log.error("etcd bookkeeping failed: %s", exc)
+
+    def _delete_dead_member_key(self, name: str, pid: Any) -> None:
+        key = naming.member_key(self.cluster_name, name)
+        previous = self.session.get(key)
+        if previous is None:
+            return
+        try:
+            rec = orjson.loads(previous)
+        except orjson.JSONDecodeError:
+            rec = {}
+        # A new process may already have taken the instance key: delete only the dead one's.
+        if isinstance(rec, dict) and rec.get("pid") not in (None, pid):
+            return
+        if self.session.delete_if_value(key, previous):
+            _log.info("deleted etcd member key of dead member %r", name)
+
+    # ------------------------------------------------------------- stop
+    def shutdown(self) -> None:
+        """Tear everything down (idempotent; each step bounded and best effort)."""
+        self._etcd_stop.set()
+        if self._etcd_thread is not None and self._etcd_thread is not threading.current_thread():
+            self._etcd_thread.join(timeout=ETCD_TIMEOUT_S + 1.0)
+        pool = self.pool
+        if pool is not None and not pool.closed:
+            pool.mark_closing()
+        if self._keepalive is not None:
+            self._keepalive.stop()
+        session, self.session = self.session, None
+        if session is not None:
+            if self.lease is not None:
+                try:
+                    session.delete(naming.member_key(self.cluster_name, self.instance_key))
+                    session.delete(naming.owner_key(self.cluster_name, self.instance_key))
+                    session.revoke(self.lease)
+                except ApiError as exc:
+                    _log.warning(
+                        "etcd unreachable during shutdown; keys expire with the lease: %s", exc
+                    )
+            session.close()
+        if pool is not None:
+            if self._lock_fd is not None:
+                self._remove_file(self.shared_json)
+            pool.close()
+            pool.unlink()
+            self.pool = None
+        if self._lock_fd is not None:
+            for directory in (self.pool_dir, *reversed(self._created_dirs)):
+                if directory == self.share_mem_path and directory not in self._created_dirs:
+                    continue
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass  # not empty (other files, other clusters) or already gone
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        else:
+            for directory in reversed(self._created_dirs):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+        self._created_dirs = []
+
+    @staticmethod
+    def _remove_file(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def run_owner_blocking(
+    config: Any,
+    *,
+    log_dir: str | None = None,
+    stop_event: threading.Event | None = None,
+    install_signal_handlers: bool = True,
+) -> int:
+    """Run the owner in this process until SIGINT/SIGTERM (or ``stop_event``).
+
+    Parameters
+    ----------
+    config : FluxonKvClientConfig or dict
+        Owner configuration (dram > 0, etcd addresses).
+    log_dir : str, optional
+        Also log to ``{log_dir}/owner-{cluster_name}.log``.
+    stop_event : threading.Event, optional
+        Set it to stop the owner from another thread.
+    install_signal_handlers : bool
+        Stop on SIGINT/SIGTERM (via :func:`fluxon.runtime.register_ctrlc_callback`).
+
+    Returns
+    -------
+    int
+        Exit status: 0 after a clean stop, 2 for a bad config, 3 if another owner owns
+        the pool directory, 1 for other failures (e.g. etcd unreachable).
+    """
+    stop = stop_event or threading.Event()
+    restore = (
+        register_ctrlc_callback(lambda reason: stop.set(), thread_name="fluxon-owner-ctrlc")
+        if install_signal_handlers
+        else None
+    )
+    try:
+        try:
+            owner = OwnerService(config)
+        except InvalidConfigurationError as exc:
+            _log.error("bad owner configuration: %s", exc)
+            return EXIT_CONFIG
+        if log_dir:
+            setup_service_logging(f"owner-{owner.cluster_name}", log_dir)
+        try:
+            owner.start()
+        except OwnerAlreadyRunning as exc:
+            _log.error("%s", exc)
+            return EXIT_ALREADY_OWNED
+        except EtcdError as exc:
+            _log.error("owner cannot start: etcd is unreachable: %s", exc)
+            return EXIT_ERROR
+        except ApiError as exc:
+            _log.error("owner cannot start: %s", exc)
+            return EXIT_ERROR
+        try:
+            interval = LOOP_INTERVAL_S
+            while not stop.wait(interval):
+                try:
+                    owner.step()
+                    interval = LOOP_INTERVAL_S
+                except Exception:  # noqa: BLE001 - keep the pool alive; a bug here must be loud
+                    _log.exception("owner step failed; retrying in 1 s")
+                    interval = 1.0
+        finally:
+            _log.info("owner %s stopping", owner.instance_key)
+            owner.shutdown()
+        _log.info(
+            "owner %s stopped (reaped %d dead member(s))", owner.instance_key, owner.reaped_total
+        )
+        return EXIT_OK
+    finally:
+        if restore is not None:
+            restore()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fluxon.service.owner --config-b64 B64 | --config PATH [--log-dir DIR]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fluxon.service.owner", description=__doc__.split("\n")[0]
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--log-dir", default=None, help="also write owner logs to this directory")
+    args = parser.parse_args(argv)
+    setup_service_logging("owner")
+    try:
+        config = config_from_arguments(args)
+    except (OSError, ValueError, TypeError) as exc:
+        _log.error("cannot read the owner config: %s", exc)
+        return EXIT_CONFIG
+    return run_owner_blocking(config, log_dir=args.log_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

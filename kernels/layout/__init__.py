@@ -1,0 +1,1 @@
+"""Shared-memory layout: offsets and sizes only (no code that touches memory)."""
