@@ -9,9 +9,9 @@ from typing import Iterator
 
 import pytest
 
-from fluxon.__main__ import ServicePlane
 from fluxon.etcd_server import free_port
 from fluxon.kvclient import KvClient, new_store
+from fluxon.service.plane import ServicePlane
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,10 @@ def plane() -> Iterator[ServicePlane]:
 def kv_store(plane: ServicePlane) -> Iterator[KvClient]:
     cfg = {
         "instance_key": f"bench-{os.getpid()}",
-        "fluxonkv_spec": {"cluster_name": plane.cluster_name, "share_mem_path": plane.share_mem_path},
+        "fluxonkv_spec": {
+            "cluster_name": plane.cluster_name,
+            "share_mem_path": plane.share_mem_path,
+        },
     }
     store = new_store(cfg).unwrap()
     yield store

@@ -24,10 +24,10 @@ import time
 import numpy as np
 
 from fluxon import naming
-from fluxon.__main__ import ServicePlane
 from fluxon.etcd_server import free_port
 from fluxon.kvclient import new_store
 from fluxon.logging import init_logger
+from fluxon.service.plane import ServicePlane
 
 log = init_logger("demo")
 KEY = "demo/frame"
@@ -54,8 +54,12 @@ def run_writer(args: argparse.Namespace) -> int:
     }
     t0 = time.perf_counter()
     store.put_blocking(KEY, value).unwrap()
-    log.info("writer: put %r (%d bytes encoded) in %.0f us", KEY,
-             store.get_size(KEY).unwrap(), (time.perf_counter() - t0) * 1e6)
+    log.info(
+        "writer: put %r (%d bytes encoded) in %.0f us",
+        KEY,
+        store.get_size(KEY).unwrap(),
+        (time.perf_counter() - t0) * 1e6,
+    )
     deadline = time.monotonic() + 30
     while not store.is_exist(ACK).unwrap():
         if time.monotonic() > deadline:
@@ -82,9 +86,15 @@ def run_reader(args: argparse.Namespace) -> int:
     took = (time.perf_counter() - t0) * 1e6
     pixels = value["pixels"]
     ok = hashlib.sha256(pixels.tobytes()).hexdigest().encode() == value["sha256"]
-    log.info("reader: got frame %d from %s: %s %s, checksum %s, in %.0f us",
-             value["frame_id"], value["camera"], pixels.dtype, pixels.shape,
-             "ok" if ok else "MISMATCH", took)
+    log.info(
+        "reader: got frame %d from %s: %s %s, checksum %s, in %.0f us",
+        value["frame_id"],
+        value["camera"],
+        pixels.dtype,
+        pixels.shape,
+        "ok" if ok else "MISMATCH",
+        took,
+    )
     store.put_blocking(ACK, {"reader_pid": os.getpid(), "checksum_ok": ok}).unwrap()
     store.close().unwrap()
     return 0 if ok else 1
@@ -92,7 +102,9 @@ def run_reader(args: argparse.Namespace) -> int:
 
 def run_demo() -> int:
     workdir = tempfile.mkdtemp(prefix="fluxon-demo-")
-    share = tempfile.mkdtemp(prefix="fluxon_demo_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    share = tempfile.mkdtemp(
+        prefix="fluxon_demo_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
     plane = ServicePlane(
         workdir=workdir,
         etcd=f"127.0.0.1:{free_port()}",
