@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 
 from .api_error import EtcdError
-from .runtime.process_runner import pdeathsig_preexec
+from .runtime.process_runner import die_with_parent_argv
 
 _ETCD_ENV_BINARY = "FLUXON_ETCD_BINARY"
 
@@ -235,13 +235,12 @@ class EtcdServer:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         os.makedirs(os.path.dirname(self.log_path) or ".", exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+            command = self.command()
             self.proc = subprocess.Popen(
-                self.command(),
+                die_with_parent_argv(command) if self.die_with_parent else command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                # only a prctl call, resolved before the fork (see pdeathsig_preexec)
-                preexec_fn=pdeathsig_preexec() if self.die_with_parent else None,  # noqa: PLW1509
                 start_new_session=not self.die_with_parent,
                 close_fds=True,
             )

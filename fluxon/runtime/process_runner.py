@@ -9,9 +9,9 @@ the main thread (or one that lives as long as they should).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,44 +24,26 @@ from .ctrlc import register_ctrlc_callback
 
 _log = logging.getLogger("fluxon.runtime")
 
-_PR_SET_PDEATHSIG = 1
+def die_with_parent_argv(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
+    """Wrap ``argv`` so the program gets ``sig`` when the calling thread exits.
 
-try:  # resolved before any fork: the preexec_fn must not load libraries
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-    _PRCTL = _LIBC.prctl
-    _PRCTL.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    _PRCTL.restype = ctypes.c_int
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _PRCTL = None
-
-
-def set_pdeathsig(sig: int = signal.SIGTERM) -> bool:
-    """Ask the kernel to send ``sig`` to this process when its parent thread exits.
-
-    Returns
-    -------
-    bool
-        ``False`` where ``prctl`` is unavailable.
+    The wrapper (:mod:`fluxon.runtime.pdeathsig_exec`) sets the parent-death signal and
+    then ``execv``s the program; no ``preexec_fn`` runs in the forked child, so a
+    parent with other threads cannot deadlock in ``fork``. ``argv[0]`` is resolved on
+    ``PATH`` here because the wrapper uses ``execv``.
     """
-    if _PRCTL is None:
-        return False
-    return _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-
-
-def pdeathsig_preexec(sig: int = signal.SIGTERM) -> Callable[[], None]:
-    """A ``preexec_fn`` setting the parent-death signal, race-free against an early death.
-
-    If the parent died between ``fork`` and ``prctl``, the child has been re-parented and
-    the kernel will never signal it, so it signals itself instead.
-    """
-    parent = os.getpid()
-
-    def preexec() -> None:
-        set_pdeathsig(sig)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)
-
-    return preexec
+    argv = list(argv)
+    exe = shutil.which(argv[0]) or argv[0]
+    return [
+        sys.executable,
+        "-m",
+        "fluxon.runtime.pdeathsig_exec",
+        str(os.getpid()),
+        str(int(sig)),
+        "--",
+        exe,
+        *argv[1:],
+    ]
 
 
 def popen_child(
@@ -97,14 +79,12 @@ def popen_child(
     # the child keeps its own copy of the log fd; ours closes when Popen returns
     with open(log_path, "ab") if log_path else contextlib.nullcontext() as out:
         return subprocess.Popen(
-            list(argv),
+            die_with_parent_argv(argv) if die_with_parent else list(argv),
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
-            # only a prctl call, resolved before the fork (see pdeathsig_preexec)
-            preexec_fn=pdeathsig_preexec() if die_with_parent else None,  # noqa: PLW1509
             start_new_session=not die_with_parent,
             close_fds=True,
         )
