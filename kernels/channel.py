@@ -169,7 +169,10 @@ def chan_create(b, w, creator_tag, chan_id, chan_type, capacity, now_ns):
         cw = chan_word(w, c)
         if load_relaxed(w, cw + cl.C_STATE) != cl.CHAN_FREE:
             continue
-        if cas(w, cw + cl.C_STATE, cl.CHAN_FREE, cl.CHAN_CREATING) != cl.CHAN_FREE:
+        # The creator's tag rides in the claiming CAS itself, so a creator that dies
+        # right after it is still identifiable by the owner's repair.
+        creating = cl.CHAN_CREATING | (creator_tag << 8)
+        if cas(w, cw + cl.C_STATE, cl.CHAN_FREE, creating) != cl.CHAN_FREE:
             continue
         w[cw + cl.C_CREATOR] = creator_tag
         # Entries are wiped on destroy, but a creator that died mid-way may have left
@@ -794,9 +797,7 @@ def _repair_channel(b, w, c, dead):
             store_release(w, sw + cl.S_STATE, cl.KIND_FREE)
             fixed += 1
         elif kind == cl.KIND_CLAIMED:
-            completing = w[sw + cl.S_LEN] < 0 or (
-                ref != 0 and _unit_tag(w, ref_start(ref)) != ctag
-            )
+            completing = w[sw + cl.S_LEN] < 0 or (ref != 0 and _unit_tag(w, ref_start(ref)) != ctag)
             if not completing:
                 fetch_add(w, cw + cl.C_REDELIVER, 1)
                 store_release(w, sw + cl.S_STATE, _state(_offset(st), 0, cl.KIND_REDELIVER))
@@ -829,7 +830,8 @@ def chan_repair_dead(b, w, dead_tag):
     for c in range(w[W_CHAN_COUNT]):
         cw = chan_word(w, c)
         st = load_acquire(w, cw + cl.C_STATE)
-        if st == cl.CHAN_CREATING and w[cw + cl.C_CREATOR] == dead_tag:
+        creating = (st & 0xFF) == cl.CHAN_CREATING
+        if creating and ((st >> 8) == dead_tag or w[cw + cl.C_CREATOR] == dead_tag):
             chan_destroy(b, w, c)
             fixed += 1
         elif st == cl.CHAN_ACTIVE:

@@ -14,10 +14,11 @@ Channel ``c`` has a fixed entry in the pool's channel table at
     +1024   +--------------------------------------------------------------------+
             | producer entry 0 .. MAX_PRODUCERS-1, 128 B each:                    |
             |   line A (producer writes): STATE | PRODUCE | WEIGHT | RING_REF |   |
-            |                             MEMBER_ID | GENERATION                  |
+            |                             MEMBER_ID | GENERATION | STATS_REF      |
             |   line B (consumers write): CLAIM | DONE                           |
     +9216   +--------------------------------------------------------------------+
-            | consumer entry 0 .. MAX_CONSUMERS-1, 64 B each: STATE | MEMBER_ID   |
+            | consumer entry 0 .. MAX_CONSUMERS-1, 64 B each: STATE | MEMBER_ID | |
+            |                                                STATS_REF           |
     +13312  +--------------------------------------------------------------------+
 
 Message slots (``capacity`` of them, in a heap block tagged with the channel) hold one
@@ -27,7 +28,7 @@ messages are undelivered at any time::
     +0   STATE  = (offset << 12) | (tag << 3) | kind      one CAS word, ABA-proof
     +8   PRODUCER (producer entry index)
     +16  REF    (heap block ref of a large payload, 0 when inline)
-    +24  LEN    (encoded payload bytes)
+    +24  LEN    (encoded payload bytes; -1 once a consumer has begun completing it)
     +32  inline payload (up to SLOT_INLINE bytes)
 
 Slot kinds: FREE -> HELD (producer writing) -> PUBLISHED -> CLAIMED (consumer) -> FREE,
@@ -58,7 +59,8 @@ C_PRODUCER_WAITERS = 25
 C_REDELIVER = 32
 C_MPSC_CONSUMER = 40
 
-#: Channel entry states.
+#: Channel entry states (while creating, the low byte is CHAN_CREATING and the
+#: creator's tag sits in the bits above it).
 CHAN_FREE = 0
 CHAN_CREATING = 1
 CHAN_ACTIVE = 2
@@ -75,6 +77,8 @@ P_WEIGHT = 2
 P_RING_REF = 3
 P_MEMBER_ID = 4
 P_GENERATION = 5
+#: Heap ref of the producer handle's stats block (monitoring), 0 = none.
+P_STATS_REF = 6
 P_CLAIM = 8
 P_DONE = 9
 
@@ -87,6 +91,8 @@ CONS_OFF = PROD_OFF + MAX_PRODUCERS * PROD_STRIDE
 CONS_STRIDE = 64
 K_STATE = 0
 K_MEMBER_ID = 1
+#: Heap ref of the consumer handle's stats block (monitoring), 0 = none.
+K_STATS_REF = 2
 
 TABLE_BYTES = CONS_OFF + MAX_CONSUMERS * CONS_STRIDE
 
