@@ -5,7 +5,10 @@
    is disturbed).
 2. Two separate processes exchange a FlatDict holding a 1 MiB float32 ndarray through
    the KV store: a writer puts it, a reader waits for it, checks it and acknowledges.
-3. Stop everything and check that no pool file is left behind.
+3. The MQ: ``examples/start_mpmc_demo.py`` runs as one producer and one consumer on an
+   MPMC channel for a few seconds; then both get Ctrl-C (SIGINT), close their handles
+   and exit with status 130, as in the seed's example.
+4. Stop everything and check that no pool file is left behind.
 
 Run directly with ``python examples/demo.py``.
 """
@@ -16,6 +19,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -100,6 +104,24 @@ def run_reader(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def run_mq(common: list[str], seconds: float = 4.0) -> bool:
+    """One producer and one consumer of examples/start_mpmc_demo.py, then Ctrl-C both."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "start_mpmc_demo.py")
+    chan = ["--unique-id", "demo-mpmc", *common]
+    log.info("MQ: starting a consumer and a producer (start_mpmc_demo.py) for %.0f s", seconds)
+    consumer = subprocess.Popen([sys.executable, script, "--role", "consumer", *chan])
+    producer = subprocess.Popen(
+        [sys.executable, script, "--role", "producer", "--interval", "0.25", *chan]
+    )
+    time.sleep(seconds)
+    log.info("MQ: Ctrl-C to producer and consumer")
+    for proc in (producer, consumer):
+        proc.send_signal(signal.SIGINT)
+    codes = [producer.wait(timeout=30), consumer.wait(timeout=30)]
+    log.info("MQ: producer exited %d, consumer exited %d (130 = stopped by Ctrl-C)", *codes)
+    return codes == [130, 130]
+
+
 def run_demo() -> int:
     workdir = tempfile.mkdtemp(prefix="fluxon-demo-")
     share = tempfile.mkdtemp(
@@ -124,7 +146,7 @@ def run_demo() -> int:
         reader = subprocess.Popen([sys.executable, me, "--role", "reader", *common])
         writer = subprocess.Popen([sys.executable, me, "--role", "writer", *common])
         codes = [writer.wait(timeout=120), reader.wait(timeout=120)]
-        code = 0 if codes == [0, 0] else 1
+        code = 0 if codes == [0, 0] and run_mq(common) else 1
     finally:
         log.info("stopping the service plane")
         plane.stop()

@@ -25,6 +25,13 @@ _LAZY = {
     "OkNone": "fluxon.api_error",
     "OK_NONE": "fluxon.api_error",
     "init_logger": "fluxon.logging",
+    "ChanType": "fluxon.api_ext_chan",
+    "ChanRole": "fluxon.api_ext_chan",
+    "new_or_bind_with_unique_key": "fluxon.api_ext_chan",
+    "MPMCChanProducer": "fluxon.api_ext_chan",
+    "MPMCChanConsumer": "fluxon.api_ext_chan",
+    "MPSCChanProducer": "fluxon.api_ext_chan",
+    "MPSCChanConsumer": "fluxon.api_ext_chan",
 }
 
 

@@ -624,11 +624,29 @@ def _complete(w, c, cw, s, tag):
 
 
 @njit(nogil=True, cache=True)
-def cons_take(b, w, c, tag, slots, n, out_buf, out_offsets):
-    """Copy the payloads of claimed ``slots`` into ``out_buf`` and complete them.
+def cons_copy(b, w, c, slots, n, out_buf, out_offsets):
+    """Copy the payloads of claimed ``slots`` into ``out_buf`` (they stay claimed).
 
     ``out_offsets[i]`` is where message ``i`` goes (its length comes from
-    :func:`cons_lengths`). After this call the messages are delivered.
+    :func:`cons_lengths`). A consumer killed after this and before
+    :func:`cons_complete` has its messages redelivered.
+    """
+    cw = chan_word(w, c)
+    for i in range(n):
+        sw = _slot_word(w, cw, slots[i])
+        ln = w[sw + cl.S_LEN]
+        ref = w[sw + cl.S_REF]
+        src = unit_offset(w, ref_start(ref)) if ref != 0 else sw * 8 + cl.S_INLINE_OFF
+        copy_bytes(out_buf, out_offsets[i], b, src, ln)
+    return n
+
+
+@njit(nogil=True, cache=True)
+def cons_complete(b, w, c, tag, slots, n):
+    """Mark claimed ``slots`` delivered: free them (and their blocks) for producers.
+
+    The facade calls this after copying and decoding, immediately before handing the
+    messages to the caller.
 
     Returns
     -------
@@ -637,19 +655,25 @@ def cons_take(b, w, c, tag, slots, n, out_buf, out_offsets):
     """
     cw = chan_word(w, c)
     for i in range(n):
-        sw = _slot_word(w, cw, slots[i])
-        ln = w[sw + cl.S_LEN]
-        ref = w[sw + cl.S_REF]
-        src = unit_offset(w, ref_start(ref)) if ref != 0 else sw * 8 + cl.S_INLINE_OFF
-        dst = out_offsets[i]
-        copy_bytes(out_buf, dst, b, src, ln)
-    for i in range(n):
         _complete(w, c, cw, slots[i], tag)
     fence_seq_cst()  # Dekker: free slots before reading PRODUCER_WAITERS
     if load_relaxed(w, cw + cl.C_PRODUCER_WAITERS) > 0:
         fetch_add(w, cw + cl.C_SPACE_SEQ, 1)
         return 1
     return 0
+
+
+@njit(nogil=True, cache=True)
+def cons_take(b, w, c, tag, slots, n, out_buf, out_offsets):
+    """:func:`cons_copy` then :func:`cons_complete` in one call.
+
+    Returns
+    -------
+    int
+        0, or 1 when producers sleep and the caller must futex-wake ``SPACE_SEQ``.
+    """
+    cons_copy(b, w, c, slots, n, out_buf, out_offsets)
+    return cons_complete(b, w, c, tag, slots, n)
 
 
 @njit(nogil=True, cache=True)

@@ -20,6 +20,8 @@ def test_demo_runs_end_to_end_and_cleans_up():
     proc = run([os.path.join(EXAMPLES, "demo.py")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checksum ok" in proc.stderr
+    assert "got seq=" in proc.stderr  # the MQ consumer received the producer's messages
+    assert "producer exited 130, consumer exited 130" in proc.stderr
     assert "demo finished cleanly" in proc.stderr
 
 

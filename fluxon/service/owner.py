@@ -36,6 +36,13 @@ import fluxon_kernels
 
 from .. import naming
 from ..api_error import ApiError, EtcdError, InvalidConfigurationError
+from ..channel_reaper import (
+    REAP_INTERVAL_S,
+    destroy_expired_channels,
+    find_expired_channels,
+    forget_unique_keys,
+)
+from ..futex import wake_all_channels
 from ..procinfo import is_process_alive, process_start_time
 from ..runtime.ctrlc import register_ctrlc_callback
 from ..runtime.launch import add_config_arguments, config_from_arguments
@@ -116,6 +123,7 @@ class OwnerService:
         self._created_dirs: list[str] = []
         self._lease_lost = threading.Event()
         self._etcd_jobs: queue.Queue = queue.Queue()
+        self._expired_channels: queue.Queue = queue.Queue()
         self._etcd_stop = threading.Event()
         self._etcd_thread: threading.Thread | None = None
         self.reaped_total = 0
@@ -306,6 +314,11 @@ class OwnerService:
         pool = self.pool
         pool.heartbeat()
         reaped = pool.reap_dead_members()
+        if reaped:
+            # repair re-queued messages and freed slots: wake sleepers now, not at
+            # their next timeout slice
+            wake_all_channels(pool)
+        self._destroy_expired_channels()
         for member in reaped:
             self.reaped_total += 1
             name = _field(member, "name", "")
@@ -323,9 +336,24 @@ class OwnerService:
                 self._etcd_jobs.put(("delete_member", name, pid))
         return reaped
 
+    def _destroy_expired_channels(self) -> None:
+        """Main loop: destroy channels the etcd thread found expired (same thread as
+        the member repair, so no repair ever walks a channel being destroyed)."""
+        try:
+            expired = self._expired_channels.get_nowait()
+        except queue.Empty:
+            return
+        destroyed = destroy_expired_channels(self.pool, expired)
+        if destroyed:
+            _log.info("reclaimed %d expired channel(s): entries %s", len(destroyed), destroyed)
+            chan_ids = [chan_id for entry, chan_id in expired if entry in destroyed]
+            self._etcd_jobs.put(("forget_unique_keys", chan_ids, None))
+
     def _etcd_worker(self) -> None:
-        """Side thread: dead members' etcd keys, lease re-registration, pool statistics."""
+        """Side thread: dead members' etcd keys, lease re-registration, pool statistics,
+        finding channels whose lease expired (every member gone for ttl_seconds)."""
         next_stats = time.monotonic() + STATS_INTERVAL_S
+        next_reap = time.monotonic() + REAP_INTERVAL_S
         while not self._etcd_stop.is_set():
             try:
                 job = self._etcd_jobs.get(timeout=0.5)
@@ -334,8 +362,15 @@ class OwnerService:
             if self._etcd_stop.is_set():
                 return
             try:
-                if job is not None:
+                if job is not None and job[0] == "delete_member":
                     self._delete_dead_member_key(job[1], job[2])
+                elif job is not None and job[0] == "forget_unique_keys":
+                    forget_unique_keys(self.session, self.cluster_name, job[1])
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + REAP_INTERVAL_S
+                    expired = find_expired_channels(self.pool, self.session, self.cluster_name)
+                    if expired:
+                        self._expired_channels.put(expired)
                 if self._lease_lost.is_set():
                     _log.warning("owner lease expired during an etcd outage; registering again")
                     if self._keepalive is not None:

@@ -1,0 +1,1157 @@
+"""Message queue facade: ``new_or_bind_with_unique_key`` and producer/consumer handles.
+
+::
+
+    store = new_store(cfg).unwrap()
+    producer = new_or_bind_with_unique_key(
+        store, {"capacity": 128, "ttl_seconds": 300}, unique_id="jobs",
+        chan_type=ChanType.MPMC, chan_role=ChanRole.PRODUCER,
+    ).unwrap()
+    producer.put_data({"seq": 1, "payload": b"..."})      # Result[bool]
+    ...
+    consumer.get_data(batch_size=32, try_time=1.0)        # Result[list[FlatDict]]
+    producer.close(); store.close()
+
+A channel lives in the local owner's pool (:mod:`fluxon_kernels.channel`); its name,
+config and members live in etcd (:mod:`fluxon.channel_registry`). ``put_data`` and
+``get_data`` touch only shared memory: encode + one kernel call to publish; one kernel
+call to claim a batch, one to copy it out and complete it, then decode. Blocked calls
+spin for a few tens of microseconds, then sleep on the channel's futex words
+(:mod:`fluxon.futex`), so an idle consumer costs no CPU.
+
+Delivery: a message whose ``put_data`` returned ``Ok(True)`` is delivered exactly once
+while processes exit normally; messages a consumer had claimed (prefetched, or in the
+middle of ``get_data``) when it was killed are redelivered to another consumer.
+
+Both channel types share one implementation: MPMC (any number of consumers, producers
+chosen by smooth weighted round robin on ``weight``) and MPSC (at most one live
+consumer; a second bind fails with :class:`ChanBindError`).
+
+Every ``FLUXON_MQ_STATS_INTERVAL_S`` seconds (default 30) a consumer logs
+``py-get latency``, ``get_one breakdown`` and ``MpscConsumer prefetch`` lines and a
+producer logs ``py-put latency`` (at INFO, from the calling thread, only when the
+handle was used in the window).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from fluxon_kernels import channel as kchan
+from fluxon_kernels import status
+from fluxon_kernels.layout import channel as cl
+
+from . import codec
+from .api_error import (
+    OK_NONE,
+    ApiError,
+    ChanBindError,
+    ChanCreateError,
+    ChannelClosedError,
+    ChanTypeMismatchError,
+    EtcdError,
+    InternalError,
+    InvalidArgumentError,
+    MessageConsumptionNoNewMessageError,
+    MsgDeserializeError,
+    ProducerClosedError,
+    Result,
+    StorageFullError,
+    error_from_status,
+)
+from .channel_registry import ChannelDescriptor, ChannelRegistry, MemberRecord
+from .futex import futex_wait, futex_wake, seq_expected
+from .logging import init_logger
+
+__all__ = [
+    "ChanRole",
+    "ChanType",
+    "MPMCChanConsumer",
+    "MPMCChanProducer",
+    "MPSCChanConsumer",
+    "MPSCChanProducer",
+    "new_or_bind_with_unique_key",
+]
+
+_log = init_logger("fluxon.mq")
+
+#: ``ttl_seconds`` when chan_config does not give one.
+DEFAULT_TTL_SECONDS = 60
+#: How long a blocked call keeps retrying before it sleeps on the futex.
+SPIN_S = 50e-6
+#: Longest single futex sleep; a blocked call re-checks (close, owner, deadline) this often.
+WAIT_SLICE_S = 0.2
+#: Seconds between latency log lines (env ``FLUXON_MQ_STATS_INTERVAL_S``).
+try:
+    STATS_INTERVAL_S = float(os.environ.get("FLUXON_MQ_STATS_INTERVAL_S") or 30.0)
+except ValueError:
+    STATS_INTERVAL_S = 30.0
+
+_CONFIG_KEYS = ("capacity", "ttl_seconds", "weight", "payload_backend")
+_OK_TRUE = Result.new_ok(True)
+_OK_FALSE = Result.new_ok(False)
+_OK_NONE = Result.new_ok(OK_NONE)
+_perf_ns = time.perf_counter_ns
+_prepare = codec.prepare
+_write = codec.write
+_SLOT_INLINE = cl.SLOT_INLINE
+#: Status of a put attempt on a closed handle (not a kernel status).
+_CLOSED = -1000
+
+
+class ChanType(str, Enum):
+    """Channel type: many producers and many consumers, or many producers and one consumer."""
+
+    MPMC = "mpmc"
+    MPSC = "mpsc"
+
+
+class ChanRole(str, Enum):
+    """Role of a handle on a channel."""
+
+    PRODUCER = "producer"
+    CONSUMER = "consumer"
+
+
+def _fast(kernel: Any, *sample: Any) -> Any:
+    """The compiled entry point of ``kernel`` for the types of ``sample``.
+
+    Calling it skips Numba's per-call type dispatch (a few hundred ns per call on the
+    hot path). Falls back to the dispatcher if Numba's internals differ.
+    """
+    try:
+        sig = tuple(kernel.typeof_pyval(a) for a in sample)
+        if sig not in kernel.overloads:
+            kernel.compile(sig)
+        entry = kernel.overloads[sig].entry_point
+        if callable(entry):
+            return entry
+    except Exception:  # noqa: BLE001 - any Numba difference: use the public path
+        pass
+    return kernel
+
+
+# --------------------------------------------------------------------------- stats
+class _Window:
+    """Latency counters of one stats window (power-of-two histogram of call times)."""
+
+    __slots__ = (
+        "calls",
+        "decode_ns",
+        "hist",
+        "kernel_ns",
+        "max_ns",
+        "messages",
+        "prefetch_hits",
+        "timeouts",
+        "total_ns",
+        "wait_ns",
+        "waits",
+    )
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.timeouts = 0
+        self.waits = 0
+        self.messages = 0
+        self.prefetch_hits = 0
+        self.total_ns = 0
+        self.max_ns = 0
+        self.kernel_ns = 0
+        self.wait_ns = 0
+        self.decode_ns = 0
+        self.hist = [0] * 64
+
+    def quantile_us(self, q: float) -> float:
+        """Upper bound (µs) of the histogram bucket holding quantile ``q``."""
+        target = q * self.calls
+        seen = 0
+        for bucket, count in enumerate(self.hist):
+            seen += count
+            if count and seen >= target:
+                return (1 << bucket) / 1000.0
+        return 0.0
+
+
+def _per_call_us(total_ns: int, calls: int) -> float:
+    return total_ns / calls / 1000.0 if calls else 0.0
+
+
+# --------------------------------------------------------------------------- handles
+class _ChanEndpoint:
+    """What producers and consumers share: binding, etcd bookkeeping, close, waiting."""
+
+    _ROLE = ""
+
+    def __init__(
+        self,
+        api: Any,
+        registry: ChannelRegistry,
+        desc: ChannelDescriptor,
+        member_id: int,
+        entry: int,
+        weight: int | None,
+    ) -> None:
+        pool = api.pool
+        self._api = api
+        self._registry = registry
+        self._desc = desc
+        self._chan_id = desc.chan_id
+        self._chan_id_str = str(desc.chan_id)
+        self._member_id = member_id
+        self._member_id_str = str(member_id)
+        self._weight = weight
+        self._b = pool.b
+        self._w = pool.w
+        self._c = desc.entry
+        self._tag = api.member_slot() + 1
+        self._entry = entry
+        self._lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self._close_done = False
+        base = int(pool.b.ctypes.data)
+        self._data_addr = base + int(kchan.seq_byte_offset(pool.w, self._c, 0))
+        self._space_addr = base + int(kchan.seq_byte_offset(pool.w, self._c, 1))
+        self._chan_keepalive: Any = None
+        self._member_lease: int | None = None
+        self._member_keepalive: Any = None
+        self._stats = _Window()
+        self._next_stats_ns = _perf_ns() + int(STATS_INTERVAL_S * 1e9)
+
+    # ------------------------------------------------------------- etcd side
+    def _start_bookkeeping(self, record: MemberRecord) -> None:
+        """Keep the channel lease alive, publish the member record under its own lease."""
+        session = self._registry.session
+        ttl = self._desc.ttl_seconds
+        self._chan_keepalive = session.keepalive(
+            self._desc.lease_id,
+            max(0.2, ttl / 3.0),
+            on_lost=self._on_chan_lease_lost,
+            name=f"fluxon-chan-{self._chan_id}-lease",
+        )
+        lease = session.grant_lease(ttl)
+        self._member_lease = int(getattr(lease, "id", lease))
+        self._registry.put_member(record, self._member_lease)
+        self._member_keepalive = session.keepalive(
+            self._member_lease,
+            max(0.2, ttl / 3.0),
+            name=f"fluxon-chan-{self._chan_id}-member-{self._member_id}",
+        )
+
+    def _on_chan_lease_lost(self, lease_id: int) -> None:
+        """The channel lease expired (etcd was unreachable for a whole TTL): publish again."""
+        if self._closed:
+            return
+        try:
+            new_lease = self._registry.republish(self._desc)
+        except ApiError as exc:
+            _log.error(
+                "channel %s lost its etcd lease and could not be published again: %s "
+                "(new binders of %r will not find it)",
+                self._chan_id,
+                exc,
+                self._desc.unique_id,
+            )
+            return
+        if new_lease is None:
+            _log.error(
+                "channel %s lost its etcd lease and unique key %r now names another channel",
+                self._chan_id,
+                self._desc.unique_id,
+            )
+            return
+        self._desc.lease_id = new_lease
+        if self._closed:
+            return
+        ttl = self._desc.ttl_seconds
+        self._chan_keepalive = self._registry.session.keepalive(
+            new_lease,
+            max(0.2, ttl / 3.0),
+            on_lost=self._on_chan_lease_lost,
+            name=f"fluxon-chan-{self._chan_id}-lease",
+        )
+        _log.warning("channel %s published again under lease %x", self._chan_id, new_lease)
+
+    # ------------------------------------------------------------- identity
+    def get_chan_id(self) -> str:
+        """The channel's cluster-wide id."""
+        return self._chan_id_str
+
+    def get_unique_id(self) -> str:
+        """The unique key this handle was bound with."""
+        return self._desc.unique_id
+
+    def get_chan_type(self) -> ChanType:
+        """The channel's type."""
+        return ChanType(self._desc.type)
+
+    def get_capacity(self) -> int:
+        """The channel's capacity (the creator's)."""
+        return self._desc.capacity
+
+    def get_ttl_seconds(self) -> int:
+        """The channel's TTL (the creator's)."""
+        return self._desc.ttl_seconds
+
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` was called (or the store was closed)."""
+        return self._closed
+
+    # ------------------------------------------------------------- close
+    def _closed_error(self) -> Result:
+        raise NotImplementedError
+
+    def _release_entry(self) -> None:
+        """Give back what this handle holds in the channel (called under ``_lock``)."""
+        raise NotImplementedError
+
+    def close(self) -> Result:
+        """Close the handle: idempotent, thread-safe.
+
+        Blocked ``put_data``/``get_data`` calls of this handle in other threads wake up
+        and return ProducerClosedError / ChannelClosedError, as do later calls. A
+        consumer gives its prefetched messages back to the channel; a producer's
+        published messages stay deliverable. The member record is removed from etcd
+        (if etcd is unreachable it expires with its lease).
+
+        Returns
+        -------
+        Result[OkNone]
+        """
+        with self._close_lock:
+            if self._close_done:
+                return _OK_NONE
+            self._closed = True
+            try:
+                kchan.wake_all(self._w, self._c)
+                futex_wake(self._data_addr)
+                futex_wake(self._space_addr)
+                with self._lock:  # an in-flight kernel call finishes first
+                    self._release_entry()
+            finally:
+                self._close_done = True
+                self._stop_bookkeeping()
+        return _OK_NONE
+
+    def _stop_bookkeeping(self) -> None:
+        for handle in (self._chan_keepalive, self._member_keepalive):
+            if handle is not None:
+                handle.stop(timeout=1.0)
+        lease, self._member_lease = self._member_lease, None
+        if lease is not None:
+            session = self._registry.session
+            try:
+                session.revoke(lease)  # deletes the member record with it
+            except ApiError as exc:
+                _log.warning(
+                    "%s %s of channel %s: could not remove its etcd record (it expires with "
+                    "its lease): %s",
+                    self._ROLE,
+                    self._member_id,
+                    self._chan_id,
+                    exc,
+                )
+
+    def __enter__(self) -> _ChanEndpoint:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"{type(self).__name__}(chan_id={self._chan_id}, unique_id={self._desc.unique_id!r}, "
+            f"{self._ROLE}_id={self._member_id}, {state})"
+        )
+
+    # ------------------------------------------------------------- waiting
+    def _owner_gone(self) -> bool:
+        return bool(getattr(self._api, "_owner_lost", False))
+
+    def _owner_error(self) -> InternalError:
+        return InternalError(
+            f"the owner of channel {self._chan_id}'s pool is gone; create a new store and "
+            "bind again",
+            component="owner",
+        )
+
+    def _unusable(self) -> Result:
+        """The error of a call on a closed handle, or on a pool whose owner died."""
+        if self._closed:
+            return self._closed_error()
+        return Result.new_error(self._owner_error())
+
+    @staticmethod
+    def _deadline(try_time: Any, t0: int) -> int | None:
+        """``perf_counter_ns`` deadline of ``try_time`` (``None``: no deadline)."""
+        if try_time is None:
+            return None
+        if not isinstance(try_time, (int, float)) or isinstance(try_time, bool):
+            raise InvalidArgumentError(
+                f"try_time must be a number of seconds or None, got {type(try_time).__name__}",
+                details={"field": "try_time"},
+            )
+        if try_time < 0:
+            raise InvalidArgumentError(
+                f"try_time must be >= 0, got {try_time}", details={"field": "try_time"}
+            )
+        return t0 + int(try_time * 1e9)
+
+    def _wait_for(self, attempt: Callable[[], Any], space: int, deadline: int | None) -> Any:
+        """Retry ``attempt`` until it returns something other than ``None``.
+
+        The waiting strategy of both handles: spin for :data:`SPIN_S`, then register as
+        a waiter (``wait_begin``), re-check, and sleep on the channel's futex word
+        (``DATA_SEQ`` for consumers, ``SPACE_SEQ`` for producers) in slices of at most
+        :data:`WAIT_SLICE_S`. Returns ``None`` once ``deadline`` (perf_counter ns) passed.
+        """
+        if deadline is not None and _perf_ns() >= deadline:
+            return None
+        spin_end = _perf_ns() + int(SPIN_S * 1e9)
+        while True:
+            got = attempt()
+            if got is not None:
+                return got
+            now = _perf_ns()
+            if deadline is not None and now >= deadline:
+                return None
+            if now >= spin_end:
+                break
+        w, c = self._w, self._c
+        addr = self._space_addr if space else self._data_addr
+        while True:
+            seq = int(kchan.wait_begin(w, c, space))
+            try:
+                # Registered before this re-check: a change after it bumps the sequence
+                # and the futex wait below returns at once (no lost wake-up).
+                got = attempt()
+                if got is not None:
+                    return got
+                if self._owner_gone():
+                    raise self._owner_error()
+                if deadline is None:
+                    timeout = WAIT_SLICE_S
+                else:
+                    left = (deadline - _perf_ns()) / 1e9
+                    if left <= 0:
+                        return None
+                    timeout = min(WAIT_SLICE_S, left)
+                futex_wait(addr, seq_expected(seq), timeout)
+            finally:
+                kchan.wait_end(w, c, space)
+
+
+class _ChanProducer(_ChanEndpoint):
+    """Producer handle (MPMC and MPSC share it)."""
+
+    _ROLE = "producer"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._scratch = np.zeros(cl.SLOT_INLINE, dtype=np.uint8)
+        self._max_bytes = int(self._api.pool.max_value_bytes())
+        b, w, c, e, tag = self._b, self._w, self._c, self._entry, self._tag
+        self._k_put = _fast(kchan.prod_put, b, w, c, e, tag, self._scratch, 0)
+
+    def get_producer_id(self) -> str:
+        """This producer's cluster-wide member id."""
+        return self._member_id_str
+
+    def _closed_error(self) -> Result:
+        return Result.new_error(
+            ProducerClosedError(
+                f"producer {self._member_id} of channel {self._chan_id} is closed",
+                channel_id=self._chan_id_str,
+                producer_idx=self._member_id_str,
+            )
+        )
+
+    def _release_entry(self) -> None:
+        kchan.prod_detach(self._w, self._c, self._entry, self._tag)
+
+    def _try_put(self, prepared: Any, n: int) -> int:
+        """One publish attempt: 1 published, 0 no room now, -1 closed. Raises ApiError."""
+        with self._lock:
+            if self._closed:
+                return -1
+            if n <= cl.SLOT_INLINE:
+                scratch = self._scratch
+                codec.write(prepared, scratch, 0)
+                rc = self._k_put(self._b, self._w, self._c, self._entry, self._tag, scratch, n)
+            else:
+                rc = self._put_large(prepared, n)
+        if rc >= 0:
+            if rc == 1:
+                futex_wake(self._data_addr)
+            return 1
+        if rc == status.FULL or rc == status.NO_MEMORY:
+            return 0
+        if rc == status.TOO_LARGE:
+            raise InvalidArgumentError(
+                f"message of {n} bytes can never fit in the pool of channel {self._chan_id}"
+            )
+        raise error_from_status(rc, f"publishing into channel {self._chan_id}")
+
+    def _put_large(self, prepared: Any, n: int) -> int:
+        b, w, c, tag = self._b, self._w, self._c, self._tag
+        s = int(kchan.prod_reserve(b, w, c, self._entry, tag, n))
+        if s < 0:
+            return s
+        try:
+            codec.write(prepared, b, int(kchan.slot_payload_offset(b, w, c, s)))
+        except BaseException:
+            kchan.prod_abort(b, w, c, tag, s)
+            raise
+        return int(kchan.prod_publish(b, w, c, self._entry, tag, s))
+
+    def put_data(self, value: dict, try_time: float | None = None) -> Result:
+        """Send one message.
+
+        Parameters
+        ----------
+        value : dict
+            A FlatDict (str keys; int, float, bool, str, bytes, numpy arrays).
+        try_time : float or None
+            How long to wait for room when the channel holds ``capacity`` undelivered
+            messages (or the pool is full): ``None`` until room or close, ``0`` no wait.
+
+        Returns
+        -------
+        Result[bool]
+            ``Ok(True)`` once published, ``Ok(False)`` if no room came within
+            ``try_time``; ProducerClosedError after :meth:`close`; InvalidArgumentError
+            (naming the field) for a value that is not a FlatDict or can never fit —
+            nothing is written then.
+        """
+        t0 = _perf_ns()
+        if self._closed or self._api._owner_lost:
+            return self._unusable()
+        try:
+            prepared = _prepare(value)
+        except ApiError as err:
+            return Result.new_error(err)
+        n = prepared.size
+        if n <= _SLOT_INLINE:
+            # Fast path: encode into the scratch buffer and publish inline in a slot.
+            lock = self._lock
+            lock.acquire()
+            try:
+                if self._closed:
+                    rc = _CLOSED
+                else:
+                    scratch = self._scratch
+                    _write(prepared, scratch, 0)
+                    rc = self._k_put(self._b, self._w, self._c, self._entry, self._tag, scratch, n)
+            finally:
+                lock.release()
+            if rc >= 0:
+                if rc:
+                    futex_wake(self._data_addr)  # consumers sleep: wake them
+                st = self._stats
+                dt = _perf_ns() - t0
+                st.calls += 1
+                st.total_ns += dt
+                st.hist[dt.bit_length()] += 1
+                if dt > st.max_ns:
+                    st.max_ns = dt
+                if t0 >= self._next_stats_ns:
+                    self._log_stats(t0)
+                return _OK_TRUE
+            if rc == _CLOSED:
+                return self._closed_error()
+        return self._put_slow(prepared, n, try_time, t0)
+
+    def _put_slow(self, prepared: Any, n: int, try_time: float | None, t0: int) -> Result:
+        """Everything but an inline publish that went through at once."""
+        try:
+            if n > self._max_bytes:
+                raise InvalidArgumentError(
+                    f"message encodes to {n} bytes; the pool can hold at most {self._max_bytes}",
+                    details={"size": n},
+                )
+            got = self._try_put(prepared, n)
+            if got == 0:
+                got = self._put_wait(prepared, n, try_time, t0)
+        except ApiError as err:
+            return Result.new_error(err)
+        st = self._stats
+        dt = _perf_ns() - t0
+        st.calls += 1
+        st.total_ns += dt
+        st.hist[dt.bit_length()] += 1
+        if dt > st.max_ns:
+            st.max_ns = dt
+        if got == 1:
+            res = _OK_TRUE
+        elif got == 0:
+            st.timeouts += 1
+            res = _OK_FALSE
+        else:
+            return self._closed_error()
+        if t0 >= self._next_stats_ns:
+            self._log_stats(t0)
+        return res
+
+    def _put_wait(self, prepared: Any, n: int, try_time: float | None, t0: int) -> int:
+        """Wait for room; returns 1 (published), 0 (timeout) or -1 (closed)."""
+        deadline = self._deadline(try_time, t0)
+        self._stats.waits += 1
+
+        def attempt() -> int | None:
+            return self._try_put(prepared, n) or None
+
+        got = self._wait_for(attempt, 1, deadline)
+        return 0 if got is None else got
+
+    def _log_stats(self, now_ns: int) -> None:
+        st, self._stats = self._stats, _Window()
+        self._next_stats_ns = now_ns + int(STATS_INTERVAL_S * 1e9)
+        if not st.calls:
+            return
+        _log.info(
+            "py-put latency chan=%s key=%s producer=%s calls=%d full_waits=%d timeouts=%d "
+            "avg_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f",
+            self._chan_id,
+            self._desc.unique_id,
+            self._member_id,
+            st.calls,
+            st.waits,
+            st.timeouts,
+            _per_call_us(st.total_ns, st.calls),
+            st.quantile_us(0.5),
+            st.quantile_us(0.99),
+            st.max_ns / 1000.0,
+        )
+
+
+class _ChanConsumer(_ChanEndpoint):
+    """Consumer handle (MPMC and MPSC share it)."""
+
+    _ROLE = "consumer"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._swrr = np.zeros(cl.MAX_PRODUCERS, dtype=np.int64)
+        self._claimed = np.zeros(64, dtype=np.int64)  # prefetched slots at [_pf_start, _pf_end)
+        self._pf_start = 0
+        self._pf_end = 0
+        self._lens = np.zeros(64, dtype=np.int64)
+        self._offs = np.zeros(64, dtype=np.int64)
+        b, w, c, tag = self._b, self._w, self._c, self._tag
+        self._k_claim = _fast(kchan.cons_claim, b, w, c, tag, self._swrr, self._claimed, 0)
+        self._k_lengths = _fast(kchan.cons_lengths, b, w, c, self._claimed, 0, self._lens)
+        self._k_copy = _fast(kchan.cons_copy, b, w, c, self._claimed, 0, self._b, self._offs)
+        self._k_complete = _fast(kchan.cons_complete, b, w, c, tag, self._claimed, 0)
+
+    def get_consumer_id(self) -> str:
+        """This consumer's cluster-wide member id."""
+        return self._member_id_str
+
+    def prefetched(self) -> int:
+        """How many claimed messages wait in this handle for the next ``get_data``."""
+        return self._pf_end - self._pf_start
+
+    def _closed_error(self) -> Result:
+        return Result.new_error(
+            ChannelClosedError(
+                f"consumer {self._member_id} of channel {self._chan_id} is closed",
+                channel_id=self._chan_id_str,
+            )
+        )
+
+    def _release_entry(self) -> None:
+        n = self._pf_end - self._pf_start
+        if n:
+            slots = self._claimed[self._pf_start : self._pf_end].copy()
+            self._pf_start = self._pf_end = 0
+            if kchan.cons_return(self._b, self._w, self._c, self._tag, slots, n):
+                futex_wake(self._data_addr)
+        kchan.cons_detach(self._w, self._c, self._entry, self._tag)
+
+    def _try_get(self, batch_size: int, want: int) -> list | bool | None:
+        """Claim (topping the handle up to ``want``) and deliver up to ``batch_size``.
+
+        Returns the decoded messages, ``None`` if nothing is available, ``False`` if the
+        handle is closed.
+        """
+        with self._lock:
+            if self._closed:
+                return False
+            start, end = self._pf_start, self._pf_end
+            have = end - start
+            if have:
+                self._stats.prefetch_hits += 1
+            if have < want:
+                arr = self._claimed
+                if start:
+                    arr[:have] = arr[start:end]
+                    start, end = 0, have
+                    self._pf_start = 0
+                if arr.shape[0] < want:
+                    grown = np.zeros(max(want, 2 * arr.shape[0]), dtype=np.int64)
+                    grown[:have] = arr[:have]
+                    self._claimed = arr = grown
+                end += self._k_claim(
+                    self._b, self._w, self._c, self._tag, self._swrr, arr[end:], want - have
+                )
+                self._pf_end = end
+                have = end - start
+            if not have:
+                return None
+            return self._take(start, batch_size if batch_size < have else have)
+
+    def _take(self, start: int, k: int) -> list:
+        """Copy out and decode ``k`` claimed slots from ``start``, then complete them.
+
+        Completing last keeps the messages claimed (so redelivered if this process is
+        killed) until they are decoded and about to be returned to the caller.
+        """
+        t = _perf_ns()
+        b, w, c = self._b, self._w, self._c
+        slots = self._claimed[start : start + k]
+        if self._lens.shape[0] < k:
+            self._lens = np.zeros(2 * k, dtype=np.int64)
+            self._offs = np.zeros(2 * k, dtype=np.int64)
+        self._k_lengths(b, w, c, slots, k, self._lens)
+        lens = self._lens[:k].tolist()
+        offs = []
+        pos = 0
+        for ln in lens:
+            offs.append(pos)
+            pos += (ln + 7) & ~7
+        self._offs[:k] = offs
+        buf = np.empty(pos, dtype=np.uint8)
+        self._k_copy(b, w, c, slots, k, buf, self._offs)
+        t1 = _perf_ns()
+        decode = codec.decode
+        try:
+            out = [decode(buf[o : o + ln]) for o, ln in zip(offs, lens)]
+        except MsgDeserializeError:
+            out = self._decode_each(buf, offs, lens)
+        t2 = _perf_ns()
+        self._pf_start = start + k
+        if self._k_complete(b, w, c, self._tag, slots, k):
+            futex_wake(self._space_addr)
+        st = self._stats
+        st.kernel_ns += (t1 - t) + (_perf_ns() - t2)
+        st.decode_ns += t2 - t1
+        st.messages += k
+        return out
+
+    def _decode_each(self, buf: np.ndarray, offs: list, lens: list) -> list:
+        out = []
+        for o, ln in zip(offs, lens):
+            try:
+                out.append(codec.decode(buf[o : o + ln]))
+            except MsgDeserializeError as exc:
+                _log.error(
+                    "channel %s: dropping a message that does not decode (%d bytes): %s",
+                    self._chan_id,
+                    ln,
+                    exc,
+                )
+        return out
+
+    def get_data(
+        self, batch_size: int = 1, try_time: float | None = None, prefetch_num: int = 0
+    ) -> Result:
+        """Receive 1..``batch_size`` messages.
+
+        Parameters
+        ----------
+        batch_size : int
+            Most messages to return; whatever is available right away (at least one)
+            is returned without waiting for a full batch.
+        try_time : float or None
+            How long to wait for the first message: ``None`` until a message arrives or
+            the handle is closed, ``0`` no wait, else seconds.
+        prefetch_num : int
+            Up to this many extra messages are claimed into the handle and returned first
+            by the next call; :meth:`close` gives them back to the channel (and if the
+            process dies, the owner does).
+
+        Returns
+        -------
+        Result[list[dict]]
+            The messages (FlatDicts; arrays are views of a buffer private to this
+            call), MessageConsumptionNoNewMessageError if none came within ``try_time``,
+            ChannelClosedError after :meth:`close`.
+        """
+        t0 = _perf_ns()
+        if self._closed or self._api._owner_lost:
+            return self._unusable()
+        if (
+            type(batch_size) is not int
+            or batch_size < 1
+            or type(prefetch_num) is not int
+            or (prefetch_num < 0)
+        ):
+            return Result.new_error(self._bad_args(batch_size, prefetch_num))
+        try:
+            got = self._try_get(batch_size, batch_size + prefetch_num)
+            if got is None:
+                got = self._get_wait(batch_size, batch_size + prefetch_num, try_time, t0)
+        except ApiError as err:
+            return Result.new_error(err)
+        st = self._stats
+        dt = _perf_ns() - t0
+        st.calls += 1
+        st.total_ns += dt
+        st.hist[dt.bit_length()] += 1
+        if dt > st.max_ns:
+            st.max_ns = dt
+        if t0 >= self._next_stats_ns:
+            self._log_stats(t0)
+        if got is False:
+            return self._closed_error()
+        if got is None:
+            st.timeouts += 1
+            return Result.new_error(
+                MessageConsumptionNoNewMessageError(
+                    f"no message on channel {self._chan_id} within try_time={try_time} s",
+                    channel_id=self._chan_id_str,
+                )
+            )
+        return Result.new_ok(got)
+
+    @staticmethod
+    def _bad_args(batch_size: Any, prefetch_num: Any) -> InvalidArgumentError:
+        if type(batch_size) is not int or batch_size < 1:
+            return InvalidArgumentError(
+                f"batch_size must be an int >= 1, got {batch_size!r}",
+                details={"field": "batch_size"},
+            )
+        return InvalidArgumentError(
+            f"prefetch_num must be an int >= 0, got {prefetch_num!r}",
+            details={"field": "prefetch_num"},
+        )
+
+    def _get_wait(
+        self, batch_size: int, want: int, try_time: float | None, t0: int
+    ) -> list | bool | None:
+        """Wait for the first message; returns the messages, None (timeout) or False."""
+        deadline = self._deadline(try_time, t0)
+        st = self._stats
+        st.waits += 1
+        w0 = _perf_ns()
+        try:
+            return self._wait_for(lambda: self._try_get(batch_size, want), 0, deadline)
+        finally:
+            st.wait_ns += _perf_ns() - w0
+
+    def _log_stats(self, now_ns: int) -> None:
+        st, self._stats = self._stats, _Window()
+        self._next_stats_ns = now_ns + int(STATS_INTERVAL_S * 1e9)
+        if not st.calls:
+            return
+        key = self._desc.unique_id
+        _log.info(
+            "py-get latency chan=%s key=%s consumer=%s calls=%d timeouts=%d messages=%d "
+            "avg_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f",
+            self._chan_id,
+            key,
+            self._member_id,
+            st.calls,
+            st.timeouts,
+            st.messages,
+            _per_call_us(st.total_ns, st.calls),
+            st.quantile_us(0.5),
+            st.quantile_us(0.99),
+            st.max_ns / 1000.0,
+        )
+        _log.info(
+            "get_one breakdown chan=%s consumer=%s avg_kernel_us=%.1f avg_wait_rx_us=%.1f "
+            "avg_decode_us=%.1f waits=%d",
+            self._chan_id,
+            self._member_id,
+            _per_call_us(st.kernel_ns, st.calls),
+            _per_call_us(st.wait_ns, st.calls),
+            _per_call_us(st.decode_ns, st.calls),
+            st.waits,
+        )
+        _log.info(
+            "MpscConsumer prefetch chan=%s consumer=%s inflight_queue_size=%d hit_ratio=%.2f "
+            "avg_get_handle_us=%.1f producer_idle_ms=%.1f",
+            self._chan_id,
+            self._member_id,
+            self._pf_end - self._pf_start,
+            st.prefetch_hits / st.calls,
+            _per_call_us(st.kernel_ns, st.calls),
+            st.wait_ns / 1e6,
+        )
+
+
+class MPMCChanProducer(_ChanProducer):
+    """Producer of an MPMC channel (see :func:`new_or_bind_with_unique_key`)."""
+
+
+class MPSCChanProducer(_ChanProducer):
+    """Producer of an MPSC channel (see :func:`new_or_bind_with_unique_key`)."""
+
+
+class MPMCChanConsumer(_ChanConsumer):
+    """Consumer of an MPMC channel (see :func:`new_or_bind_with_unique_key`)."""
+
+
+class MPSCChanConsumer(_ChanConsumer):
+    """The single consumer of an MPSC channel (see :func:`new_or_bind_with_unique_key`)."""
+
+
+_HANDLE_CLASSES = {
+    (ChanType.MPMC, ChanRole.PRODUCER): MPMCChanProducer,
+    (ChanType.MPMC, ChanRole.CONSUMER): MPMCChanConsumer,
+    (ChanType.MPSC, ChanRole.PRODUCER): MPSCChanProducer,
+    (ChanType.MPSC, ChanRole.CONSUMER): MPSCChanConsumer,
+}
+
+
+# --------------------------------------------------------------------------- binding
+def _parse_enum(enum: type[Enum], value: Any, what: str) -> Any:
+    if isinstance(value, enum):
+        return value
+    if isinstance(value, str):
+        try:
+            return enum(value.lower())
+        except ValueError:
+            pass
+    names = " or ".join(f"{enum.__name__}.{m.name}" for m in enum)  # type: ignore[attr-defined]
+    raise ChanBindError(f"{what} must be {names}, got {value!r}")
+
+
+def _int_field(config: dict, key: str, minimum: int, maximum: int | None = None) -> int | None:
+    if key not in config:
+        return None
+    value = config[key]
+    if type(value) is not int and not isinstance(value, np.integer):
+        raise InvalidArgumentError(
+            f"chan_config[{key!r}] must be an int, got {type(value).__name__} ({value!r})",
+            details={"field": key},
+        )
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise InvalidArgumentError(
+            f"chan_config[{key!r}] must be {bound}, got {value}", details={"field": key}
+        )
+    return value
+
+
+def _parse_config(chan_config: Any, role: ChanRole) -> tuple[int | None, int | None, int | None]:
+    """Validate chan_config; returns (capacity, ttl_seconds, weight) as given (None = absent)."""
+    if chan_config is None:
+        chan_config = {}
+    if not isinstance(chan_config, dict):
+        raise InvalidArgumentError(
+            f"chan_config must be a dict, got {type(chan_config).__name__}",
+            details={"field": "chan_config"},
+        )
+    for key in chan_config:
+        if key not in _CONFIG_KEYS:
+            raise InvalidArgumentError(
+                f"unknown chan_config key {key!r}; known keys: {', '.join(_CONFIG_KEYS)}",
+                details={"field": key},
+            )
+    capacity = _int_field(chan_config, "capacity", 1, cl.MAX_CAPACITY)
+    ttl = _int_field(chan_config, "ttl_seconds", 1)
+    weight = _int_field(chan_config, "weight", 1)
+    if weight is not None and role is ChanRole.CONSUMER:
+        _log.warning("chan_config['weight'] applies to producers; a consumer ignores it")
+        weight = None
+    if "payload_backend" in chan_config:
+        _log.debug(
+            "chan_config['payload_backend']=%r ignored: payloads always live in the pool",
+            chan_config["payload_backend"],
+        )
+    return capacity, ttl, weight
+
+
+def _bind(
+    api: Any,
+    chan_config: Any,
+    unique_id: Any,
+    chan_type: Any,
+    chan_role: Any,
+) -> _ChanEndpoint:
+    ctype = _parse_enum(ChanType, chan_type, "chan_type")
+    role = _parse_enum(ChanRole, chan_role, "chan_role")
+    if not isinstance(unique_id, str) or not unique_id:
+        raise InvalidArgumentError(
+            f"unique_id must be a non-empty str, got {unique_id!r}", details={"field": "unique_id"}
+        )
+    capacity, ttl, weight = _parse_config(chan_config, role)
+    for attr in ("pool", "member_slot", "register_child_close"):
+        if not hasattr(api, attr):
+            raise InvalidArgumentError(
+                f"api must be the store returned by new_store(), got {type(api).__name__}",
+                details={"field": "api"},
+            )
+    if api.is_closed():
+        raise ChanBindError(f"cannot bind unique key {unique_id!r}: the store is closed")
+    session = getattr(api, "_etcd", None)
+    if session is None:
+        raise ChanBindError("the store has no etcd session (channels need the control plane)")
+    pool = api.pool
+    tag = api.member_slot() + 1
+    instance_key = api.instance_key().unwrap()
+    registry = ChannelRegistry(session, api.get_cluster_name().unwrap())
+
+    for _attempt in range(4):
+        desc, created = registry.bind_or_create(
+            pool, unique_id, ctype.value, capacity, ttl or DEFAULT_TTL_SECONDS, tag, instance_key
+        )
+        if not created:
+            if desc.type != ctype.value:
+                raise ChanTypeMismatchError(
+                    f"key {unique_id!r} is bound to an {desc.type.upper()} channel "
+                    f"(chan_id {desc.chan_id}), asked for {ctype.value.upper()}",
+                    chan_id=str(desc.chan_id),
+                    expected_type=ctype.value,
+                    actual_type=desc.type,
+                )
+            if desc.owner_id != pool.owner_id:
+                raise ChanBindError(
+                    f"channel {desc.chan_id} of key {unique_id!r} lives in the pool of owner "
+                    f"{desc.owner_id!r}; this store is attached to {pool.owner_id!r} "
+                    "(cross-node channels are not supported yet)"
+                )
+            for key, asked, stored in (
+                ("capacity", capacity, desc.capacity),
+                ("ttl_seconds", ttl, desc.ttl_seconds),
+            ):
+                if asked is not None and asked != stored:
+                    _log.warning(
+                        "unique key %r: chan_config[%r]=%s differs from the channel's %s "
+                        "(set by its creator); using %s",
+                        unique_id,
+                        key,
+                        asked,
+                        stored,
+                        stored,
+                    )
+        try:
+            member_id = registry.new_member_id()
+        except EtcdError as exc:
+            raise ChanBindError(f"binding unique key {unique_id!r}: etcd failed: {exc.message}")
+        c = desc.entry
+        if role is ChanRole.PRODUCER:
+            entry = int(kchan.prod_attach(pool.b, pool.w, c, tag, weight or 1, member_id))
+        else:
+            exclusive = 1 if ctype is ChanType.MPSC else 0
+            entry = int(kchan.cons_attach(pool.w, c, tag, member_id, exclusive))
+        if entry < 0:
+            if entry == status.FULL:
+                raise ChanBindError(
+                    f"MPSC channel {desc.chan_id} (key {unique_id!r}) already has a live "
+                    "consumer; an MPSC channel has at most one"
+                )
+            if entry == status.NO_SLOT:
+                limit = cl.MAX_PRODUCERS if role is ChanRole.PRODUCER else cl.MAX_CONSUMERS
+                raise ChanBindError(
+                    f"channel {desc.chan_id} (key {unique_id!r}) already has {limit} "
+                    f"{role.value}s attached"
+                )
+            if entry == status.NO_MEMORY:
+                raise StorageFullError(
+                    f"no pool memory for a producer ring of channel {desc.chan_id} "
+                    f"({desc.capacity * 8} bytes)"
+                )
+            raise error_from_status(entry, f"attaching to channel {desc.chan_id}")
+        if not kchan.chan_is_active(pool.w, c, desc.chan_id):
+            # The channel expired and was reclaimed between lookup and attach: retry.
+            _detach(pool, c, role, entry, tag)
+            continue
+        cls = _HANDLE_CLASSES[(ChanType(desc.type), role)]
+        handle = cls(
+            api, registry, desc, member_id, entry, weight if role is ChanRole.PRODUCER else None
+        )
+        record = MemberRecord(
+            role=role.value,
+            member_id=member_id,
+            chan_id=desc.chan_id,
+            chan_type=desc.type,
+            unique_id=unique_id,
+            entry=entry,
+            instance_key=instance_key,
+            owner_id=pool.owner_id,
+            weight=(weight or 1) if role is ChanRole.PRODUCER else None,
+        )
+        try:
+            handle._start_bookkeeping(record)
+        except ApiError as exc:
+            handle.close()
+            raise ChanBindError(
+                f"binding unique key {unique_id!r}: could not register the {role.value} in "
+                f"etcd: {getattr(exc, 'message', exc)}"
+            ) from exc
+        api.register_child_close(handle.close)
+        _log.debug(
+            "%s %s %s of channel %s (key %r, entry %d)",
+            "created and bound" if created else "bound",
+            ctype.value,
+            role.value,
+            desc.chan_id,
+            unique_id,
+            c,
+        )
+        return handle
+    raise ChanBindError(f"unique key {unique_id!r}: the channel kept disappearing while binding")
+
+
+def _detach(pool: Any, c: int, role: ChanRole, entry: int, tag: int) -> None:
+    if role is ChanRole.PRODUCER:
+        kchan.prod_detach(pool.w, c, entry, tag)
+    else:
+        kchan.cons_detach(pool.w, c, entry, tag)
+
+
+def new_or_bind_with_unique_key(
+    api: Any,
+    chan_config: dict | None,
+    unique_id: str,
+    chan_type: ChanType | str,
+    chan_role: ChanRole | str,
+) -> Result:
+    """Bind a producer or consumer to the channel named ``unique_id``, creating it if absent.
+
+    Many processes may call this for a new key at once: they all end up on ONE channel.
+
+    Parameters
+    ----------
+    api : KvClient
+        The store (from :func:`fluxon.kvclient.new_store`); ``store.close()`` closes
+        handles left open.
+    chan_config : dict
+        ``capacity`` (int >= 1; required to create), ``ttl_seconds`` (int >= 1, default
+        60: how long the channel survives once every member is gone), ``weight``
+        (producer, int >= 1, default 1), ``payload_backend`` (accepted, ignored). A
+        binder's capacity/ttl that differ from the channel's are ignored with a warning.
+    unique_id : str
+        The channel's unique key (one namespace for MPMC and MPSC).
+    chan_type : ChanType or str
+        ``ChanType.MPMC`` or ``ChanType.MPSC``.
+    chan_role : ChanRole or str
+        ``ChanRole.PRODUCER`` or ``ChanRole.CONSUMER``.
+
+    Returns
+    -------
+    Result[MPMCChanProducer | MPMCChanConsumer | MPSCChanProducer | MPSCChanConsumer]
+        The handle, or: InvalidArgumentError (bad chan_config / unique_id),
+        ChanCreateError (the channel could not be created), ChanBindError (bad type or
+        role, a second MPSC consumer, the key names a channel of the other type —
+        ChanTypeMismatchError —, etcd failure while binding).
+    """
+    try:
+        return Result.new_ok(_bind(api, chan_config, unique_id, chan_type, chan_role))
+    except (ChanCreateError, ChanBindError, InvalidArgumentError, StorageFullError) as err:
+        return Result.new_error(err)
+    except ApiError as err:
+        return Result.new_error(ChanBindError(f"binding unique key {unique_id!r}: {err}"))
