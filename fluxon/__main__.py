@@ -5,8 +5,10 @@ master and the owner, waits until the owner has published ``shared.json``, recor
 what it started in ``{workdir}/fluxon-up.json`` and returns, leaving the services
 running (or, with ``--foreground``, stays and stops them all on Ctrl-C). ``down`` stops
 what ``fluxon-up.json`` lists, by pid, after checking each pid's start time, and
-removes what a killed owner may have left. ``status`` prints the cluster's owners and
-members as registered in etcd, and the master URL.
+removes what a killed owner may have left. ``status`` prints the MQ ``Channels`` and
+``Members`` tables (read from etcd and the local pools, see :mod:`fluxon.monitoring`), the
+owners and processes registered in etcd, and the monitoring URL; ``--json`` prints the
+same data, ``--watch`` refreshes it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 
 import orjson
 
+from . import naming
 from .procinfo import is_process_alive
 from .service.plane import (  # noqa: F401 - ServicePlane is re-exported for callers
     DEFAULT_CLUSTER,
@@ -226,36 +230,68 @@ def _format_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(text.rstrip() for text in out)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print the cluster's owners and members (from etcd) and the master URL."""
-    from .api_error import EtcdError
-    from .etcd_client import connect
+def _status_target(args: argparse.Namespace) -> tuple[str, str, str, dict]:
+    """(etcd, cluster, share_mem_path, up record): flags, then ``fluxon-up.json``, then the
+    pool's ``shared.json``, then the defaults of the examples."""
+    record = _read_up(os.path.abspath(args.workdir)) or {}
+    cluster = args.cluster or record.get("cluster_name") or DEFAULT_CLUSTER
+    share = args.share_mem_path or record.get("share_mem_path") or DEFAULT_SHARE_MEM_PATH
+    etcd = args.etcd or (record.get("etcd") or {}).get("address")
+    if not etcd:
+        try:
+            with open(naming.shared_json(share, cluster), "rb") as f:
+                shared = orjson.loads(f.read())
+            addresses = shared.get("etcd_addresses") if isinstance(shared, dict) else None
+            if isinstance(addresses, list) and addresses:
+                etcd = ",".join(str(a) for a in addresses)
+        except (OSError, orjson.JSONDecodeError):
+            pass
+    return etcd or DEFAULT_ETCD, cluster, share, record
+
+
+def _status_snapshot(session, cluster: str, pool_set, record: dict) -> dict:
+    from .monitoring import collect
     from .service.master import read_cluster_view
 
-    workdir = os.path.abspath(args.workdir)
-    record = _read_up(workdir) or {}
-    etcd = args.etcd or (record.get("etcd") or {}).get("address") or DEFAULT_ETCD
-    cluster = args.cluster or record.get("cluster_name") or DEFAULT_CLUSTER
-    try:
-        with connect([etcd], timeout=args.timeout) as session:
-            view = read_cluster_view(session, cluster)
-    except EtcdError as exc:
-        if args.json:
-            print(orjson.dumps({"error": str(exc), "etcd": etcd, "cluster_name": cluster}).decode())
-        return _fail(f"cannot read the cluster state: {exc}")
+    view = read_cluster_view(session, cluster)
+    host = socket.gethostname()
+    local_owners = [o for o in view["owners"] if o.get("host") in (None, host)]
+    mq = collect(cluster, session, pool_set.refresh(local_owners))
     master = view.get("master") or {}
-    master_url = master.get("url") or (record.get("master") or {}).get("url")
-    if args.json:
-        out = {"etcd": etcd, "master_url": master_url, "up": record or None, **view}
-        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
-        return 0
+    url = master.get("url") or (record.get("master") or {}).get("url")
+    return {
+        **view,
+        "master_url": url,
+        "monitoring_url": f"{url}/" if url else None,
+        "channels": mq["channels"],
+        "mq_members": mq["members"],
+    }
+
+
+def _print_status(snap: dict, etcd: str, cluster: str, wide: bool) -> None:
+    from .monitoring import (
+        CHANNEL_COLUMNS,
+        CHANNEL_COLUMNS_SHORT,
+        MEMBER_COLUMNS,
+        MEMBER_COLUMNS_SHORT,
+    )
+
+    url = snap["master_url"]
     _say(f"cluster: {cluster}   etcd: {etcd}")
-    _say(f"master: {master_url or '(none registered)'}")
+    _say(f"master: {url or '(none registered)'}")
+    if url:
+        _say(f"monitoring: {url}/   (JSON {url}/api/channels, {url}/api/members; {url}/metrics)")
     _say("")
-    _say(f"Owners ({len(view['owners'])})")
+    _say(f"Channels ({len(snap['channels'])})")
+    _say(_format_table(snap["channels"], CHANNEL_COLUMNS if wide else CHANNEL_COLUMNS_SHORT))
+    _say("")
+    _say(f"Members ({len(snap['mq_members'])})")
+    _say(_format_table(snap["mq_members"], MEMBER_COLUMNS if wide else MEMBER_COLUMNS_SHORT))
+    _say("")
+    _say(f"Owners ({len(snap['owners'])})")
     _say(
         _format_table(
-            view["owners"],
+            snap["owners"],
             [
                 "owner_id",
                 "host",
@@ -268,14 +304,46 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     )
     _say("")
-    _say(f"Members ({len(view['members'])})")
+    _say(f"Processes ({len(snap['members'])})")
     _say(
         _format_table(
-            view["members"],
+            snap["members"],
             ["instance_key", "kind", "host", "pid", "owner_id", "sub_cluster", "status"],
         )
     )
-    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the MQ Channels and Members tables, owners, processes and the monitoring URL."""
+    from .api_error import EtcdError
+    from .etcd_client import connect
+    from .monitoring import PoolSet
+
+    etcd, cluster, share, record = _status_target(args)
+    pool_set = PoolSet(cluster, [share])
+    try:
+        with connect(etcd.split(","), timeout=args.timeout) as session:
+            while True:
+                snap = _status_snapshot(session, cluster, pool_set, record)
+                if args.json:
+                    out = {"etcd": etcd, "cluster_name": cluster, "up": record or None, **snap}
+                    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode(), flush=True)
+                else:
+                    if args.watch:
+                        print("\033[H\033[2J", end="")  # clear the terminal
+                        _say(time.strftime("%Y-%m-%d %H:%M:%S") + f"  (every {args.watch:g} s)")
+                    _print_status(snap, etcd, cluster, args.wide)
+                if not args.watch:
+                    return 0
+                time.sleep(args.watch)
+    except EtcdError as exc:
+        if args.json:
+            print(orjson.dumps({"error": str(exc), "etcd": etcd, "cluster_name": cluster}).decode())
+        return _fail(f"cannot read the cluster state: {exc}")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        pool_set.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,13 +386,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     down.set_defaults(func=cmd_down)
 
-    status = sub.add_parser("status", help="show the cluster's owners and members")
-    status.add_argument("--workdir", default=DEFAULT_WORKDIR)
-    status.add_argument("--etcd", default=None, help="etcd address (default: from fluxon-up.json)")
-    status.add_argument(
-        "--cluster", default=None, help="cluster name (default: from fluxon-up.json)"
+    status = sub.add_parser(
+        "status", help="show channels, MQ members, owners and the monitoring URL"
     )
-    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    status.add_argument(
+        "--etcd",
+        default=None,
+        help="etcd address (default: fluxon-up.json, then the pool's shared.json, then "
+        f"{DEFAULT_ETCD})",
+    )
+    status.add_argument(
+        "--cluster",
+        default=None,
+        help=f"cluster name (default: fluxon-up.json, then {DEFAULT_CLUSTER})",
+    )
+    status.add_argument(
+        "--share-mem-path",
+        default=None,
+        help=f"where the pool lives (default: fluxon-up.json, then {DEFAULT_SHARE_MEM_PATH})",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON (same data, with the URL)")
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C",
+    )
+    status.add_argument("--wide", action="store_true", help="print every column")
     status.add_argument("--timeout", type=float, default=3.0, help="etcd call deadline")
     status.set_defaults(func=cmd_status)
     return parser

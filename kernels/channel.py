@@ -61,6 +61,7 @@ from .heap import (
 from .layout import channel as cl
 from .layout.heap import CHAN_TAG_BASE
 from .layout.pool_header import W_CHAN_COUNT, W_CHAN_OFF, W_CHAN_STRIDE, W_HEAP_TABLE_OFF
+from .stats import stats_free_ref
 
 # ---------------------------------------------------------------------------
 # addressing
@@ -776,6 +777,8 @@ def _repair_channel(b, w, c, dead):
         pw = _prod_word(cw, e)
         if w[pw + cl.P_STATE] != dead:
             continue
+        # The dead handle's stats block (monitoring) goes back to the heap.
+        stats_free_ref(w, pw + cl.P_STATS_REF, ctag)
         if w[pw + cl.P_RING_REF] == 0:
             # Died in prod_attach before its ring was recorded: nothing was published.
             # RETIRED would let the next attacher reuse the entry with no ring (a ring
@@ -801,6 +804,9 @@ def _repair_channel(b, w, c, dead):
     cas(w, cw + cl.C_MPSC_CONSUMER, dead, 0)
     for k in range(cl.MAX_CONSUMERS):
         kw = _cons_word(cw, k)
+        if w[kw + cl.K_STATE] == dead:
+            # Before the entry is freed: a new consumer may take it right after.
+            stats_free_ref(w, kw + cl.K_STATS_REF, ctag)
         if cas(w, kw + cl.K_STATE, dead, 0) == dead:
             w[kw + cl.K_MEMBER_ID] = 0
             fixed += 1

@@ -23,21 +23,32 @@ from numba import njit
 
 from . import status
 from .atomics import fence_seq_cst, load_acquire, load_relaxed, store_relaxed, store_release
-from .channel import chan_tag, chan_word
 from .heap import heap_alloc, heap_free, ref_nbytes, ref_start, unit_offset
 from .layout import channel as cl
 from .layout import stats as sl
-from .layout.heap import REF_LEN_BITS
-from .layout.pool_header import W_HEAP_UNITS
+from .layout.heap import CHAN_TAG_BASE, REF_LEN_BITS
+from .layout.pool_header import W_CHAN_OFF, W_CHAN_STRIDE, W_HEAP_UNITS
 
 #: Reads give up after this many torn copies in a row (the writer is very busy).
 READ_MAX_TRIES = 64
 
 
+# This module does not import :mod:`.channel` (whose crash repair calls
+# :func:`stats_free_ref`); the two addressing rules it needs are repeated here.
+@njit(nogil=True, cache=True)
+def _chan_word(w, c):
+    return (w[W_CHAN_OFF] + c * w[W_CHAN_STRIDE]) // 8
+
+
+@njit(nogil=True, cache=True)
+def _chan_tag(c):
+    return CHAN_TAG_BASE + c
+
+
 @njit(nogil=True, cache=True)
 def stats_ref_word(w, c, role, entry):
     """Word index of the stats reference of producer/consumer ``entry`` of channel ``c``."""
-    cw = chan_word(w, c)
+    cw = _chan_word(w, c)
     if role == sl.ROLE_PRODUCER:
         return cw + (cl.PROD_OFF + entry * cl.PROD_STRIDE) // 8 + cl.P_STATS_REF
     return cw + (cl.CONS_OFF + entry * cl.CONS_STRIDE) // 8 + cl.K_STATS_REF
@@ -92,7 +103,7 @@ def stats_block_attach(w, c, role, entry, chan_id, member_id, pid):
         Word index of the block in ``w``, or NO_MEMORY / TOO_LARGE.
     """
     rw = stats_ref_word(w, c, role, entry)
-    ctag = chan_tag(c)
+    ctag = _chan_tag(c)
     stats_free_ref(w, rw, ctag)
     start = heap_alloc(w, sl.BLOCK_BYTES, ctag)
     if start < 0:
@@ -122,7 +133,7 @@ def stats_block_release(w, c, role, entry, base):
     ref = load_relaxed(w, rw)
     if ref == 0 or not _ref_ok(w, ref) or unit_offset(w, ref_start(ref)) // 8 != base:
         return status.NOT_FOUND
-    stats_free_ref(w, rw, chan_tag(c))
+    stats_free_ref(w, rw, _chan_tag(c))
     return status.OK
 
 
@@ -203,7 +214,7 @@ def chan_entries_snapshot(w, c, prod_out, cons_out):
     int
         The backlog ``sum(produce - done)`` over producer entries in use.
     """
-    cw = chan_word(w, c)
+    cw = _chan_word(w, c)
     backlog = 0
     for e in range(cl.MAX_PRODUCERS):
         pw = cw + (cl.PROD_OFF + e * cl.PROD_STRIDE) // 8

@@ -2,14 +2,26 @@
 
 Routes (stdlib ``ThreadingHTTPServer``, bound to 127.0.0.1 unless configured otherwise):
 
-=================  ==============================================================
-``GET /healthz``   ``200 ok``
+====================  ==========================================================
+``GET /``             the monitoring page: ``Channels`` and ``Members`` tables (MQ),
+                      searchable by unique key, refreshed every 2 s from ``/api/mq``;
+                      owners and cluster processes below
+``GET /api/channels`` JSON ``{"cluster_name", "generated_at", "channels": [...]}``
 ``GET /api/members``  JSON: the cluster's members and owners as registered in etcd
-``GET /``          a small HTML page with the same tables
-=================  ==============================================================
+                      (``members``, ``owners``, ``master``) plus the MQ member rows
+                      under ``mq_members``
+``GET /api/mq``       JSON: both MQ tables, owners and processes in one document
+``GET /metrics``      Prometheus text (format 0.0.4) of the same data
+``GET /healthz``      ``200 ok``
+====================  ==========================================================
+
+Channel offsets and handle latency come from the owners' pools on this host, mapped
+read-only in practice (:class:`fluxon.monitoring.PoolSet`); see :mod:`fluxon.monitoring`.
+When ``monitoring`` names a Prometheus remote-write URL or an OTLP endpoint, the same
+metrics are pushed there every ``monitoring.push_interval_s`` seconds (default 5).
 
 Other layers extend it with :meth:`MasterService.add_route` and
-:meth:`MasterService.add_periodic_task` (e.g. channel tables, the channel reaper).
+:meth:`MasterService.add_periodic_task` (e.g. the channel reaper).
 
 Run it as ``python -m fluxon.service.master --config-b64 B64 | --config PATH``.
 """
@@ -17,7 +29,6 @@ Run it as ``python -m fluxon.service.master --config-b64 B64 | --config PATH``.
 from __future__ import annotations
 
 import argparse
-import html
 import logging
 import os
 import sys
@@ -53,7 +64,19 @@ EXIT_ALREADY_RUNNING = 3
 
 _REQUIRED_KEYS = ("instance_key", "cluster_name", "port", "etcd_endpoints", "log_dir")
 _OPTIONAL_KEYS = ("monitoring", "master_ui")
-_MONITORING_KEYS = ("prometheus_base_url", "prom_remote_write_url", "otlp_log_api")
+_MONITORING_KEYS = (
+    "prometheus_base_url",
+    "prom_remote_write_url",
+    "prometheus_remote_write_url",
+    "otlp_log_api",
+    "push_interval_s",
+)
+#: Seconds between metric pushes when a push target is configured.
+DEFAULT_PUSH_INTERVAL_S = 5.0
+#: How long a collected MQ view is reused by concurrent requests.
+MQ_VIEW_CACHE_S = 0.5
+#: Auto-refresh period of the monitoring page.
+PAGE_REFRESH_MS = 2000
 _MASTER_UI_KEYS = ("http_listen_addr",)
 
 
@@ -88,8 +111,11 @@ def validate_master_config(config: Mapping[str, Any]) -> dict:
     ----------
     config : mapping
         ``instance_key``, ``cluster_name``, ``port`` (int), ``etcd_endpoints``
-        (list of ``"host:port"``), ``log_dir``, optional ``monitoring`` (accepted, not used
-        yet) and ``master_ui.http_listen_addr`` (default ``127.0.0.1:18080``; port 0 picks
+        (list of ``"host:port"``), ``log_dir``, optional ``monitoring``
+        (``prometheus_remote_write_url`` / ``prom_remote_write_url``: URL or list of URLs
+        for Prometheus remote-write; ``otlp_log_api.otlp_endpoint``: OTLP/HTTP base URL;
+        ``prometheus_base_url``: shown on the page; ``push_interval_s``: push period)
+        and ``master_ui.http_listen_addr`` (default ``127.0.0.1:18080``; port 0 picks
         a free port).
 
     Returns
@@ -145,6 +171,16 @@ def validate_master_config(config: Mapping[str, Any]) -> dict:
                     monitoring[key],
                     f"unknown key; allowed: {', '.join(_MONITORING_KEYS)}",
                 )
+        interval = monitoring.get("push_interval_s", DEFAULT_PUSH_INTERVAL_S)
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, (int, float))
+            or not 0.1 <= interval <= 3600
+        ):
+            raise _bad("monitoring.push_interval_s", interval, "expected seconds in 0.1..3600")
+        otlp = monitoring.get("otlp_log_api")
+        if otlp is not None and not isinstance(otlp, Mapping):
+            raise _bad("monitoring.otlp_log_api", otlp, "expected a mapping")
         out["monitoring"] = dict(monitoring)
     ui = config.get("master_ui") or {}
     if not isinstance(ui, Mapping):
@@ -185,47 +221,72 @@ def _route_healthz(_master: MasterService, _query: dict) -> HttpResponse:
 
 def _route_members(master: MasterService, _query: dict) -> HttpResponse:
     try:
-        return json_response(master.cluster_view())
+        view = master.cluster_view()
+        try:
+            view["mq_members"] = master.mq_view()["members"]
+        except Exception as exc:  # noqa: BLE001 - the cluster view stays available
+            _log.exception("MQ member rows unavailable")
+            view["mq_members"], view["mq_error"] = [], f"{type(exc).__name__}: {exc}"
+        return json_response(view)
     except EtcdError as exc:
         return json_response({"error": str(exc), "cluster_name": master.cluster_name}, status=503)
 
 
-def _table(title: str, rows: list[dict], columns: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-        for r in rows
-    )
-    return f"<h2>{html.escape(title)} ({len(rows)})</h2><table><tr>{head}</tr>{body}</table>"
-
-
-_OWNER_COLUMNS = [
-    "owner_id", "host", "pid", "pool_file", "segment_len",
-    "free_bytes", "attached_members", "status",
-]  # fmt: skip
-_MEMBER_COLUMNS = ["instance_key", "kind", "host", "pid", "owner_id", "sub_cluster", "status"]
-
-
-def _route_index(master: MasterService, _query: dict) -> HttpResponse:
+def _route_channels(master: MasterService, _query: dict) -> HttpResponse:
     try:
+        data = master.mq_view()
+    except EtcdError as exc:
+        return json_response({"error": str(exc), "cluster_name": master.cluster_name}, status=503)
+    return json_response(
+        {
+            "cluster_name": master.cluster_name,
+            "generated_at": data["generated_at"],
+            "channels": data["channels"],
+        }
+    )
+
+
+def _route_mq(master: MasterService, _query: dict) -> HttpResponse:
+    try:
+        data = dict(master.mq_view())
         view = master.cluster_view()
     except EtcdError as exc:
-        text = f"<p>etcd unavailable: {html.escape(str(exc))}</p>"
-        return HttpResponse(503, text.encode(), "text/html; charset=utf-8")
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>fluxon {html.escape(master.cluster_name)}</title>",
-        "<meta http-equiv='refresh' content='5'>",
-        (
-            "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}</style></head><body>"
-        ),
-        f"<h1>fluxon cluster {html.escape(master.cluster_name)}</h1>",
-        _table("Owners", view["owners"], _OWNER_COLUMNS),
-        _table("Members", view["members"], _MEMBER_COLUMNS),
-        "<p>JSON: <a href='/api/members'>/api/members</a></p></body></html>",
-    ]
-    return HttpResponse(200, "".join(parts).encode(), "text/html; charset=utf-8")
+        return json_response({"error": str(exc), "cluster_name": master.cluster_name}, status=503)
+    data.update(owners=view["owners"], processes=view["members"], url=master.url)
+    return json_response(data)
+
+
+def _route_metrics(master: MasterService, _query: dict) -> HttpResponse:
+    from ..monitoring import render_prometheus
+
+    try:
+        data = master.mq_view()
+    except EtcdError as exc:
+        return HttpResponse(503, f"# etcd unavailable: {exc}\n".encode(), "text/plain")
+    return HttpResponse(
+        200, render_prometheus(data).encode(), "text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+def _route_index(master: MasterService, query: dict) -> HttpResponse:
+    from ..monitoring import render_index_html
+
+    try:
+        data = dict(master.mq_view())
+        view = master.cluster_view()
+        data.update(owners=view["owners"], processes=view["members"])
+        status = 200
+    except EtcdError as exc:
+        data = {"error": f"etcd unavailable: {exc}"}
+        status = 503
+    page = render_index_html(
+        master.cluster_name,
+        data,
+        query=(query.get("q") or [""])[0],
+        refresh_ms=PAGE_REFRESH_MS,
+        prometheus_base_url=(master.config.get("monitoring") or {}).get("prometheus_base_url"),
+    )
+    return HttpResponse(status, page.encode(), "text/html; charset=utf-8")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -277,6 +338,9 @@ class MasterService:
             "/": _route_index,
             "/healthz": _route_healthz,
             "/api/members": _route_members,
+            "/api/channels": _route_channels,
+            "/api/mq": _route_mq,
+            "/metrics": _route_metrics,
         }
         self._periodic: list[list[Any]] = []  # [name, fn, interval, next_due]
         self.session = None
@@ -285,6 +349,22 @@ class MasterService:
         self._lease_lost = threading.Event()
         self.httpd: ThreadingHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
+        from ..monitoring import MetricsExporter, PoolSet
+
+        self.pool_set = PoolSet(self.cluster_name)
+        self._mq_lock = threading.Lock()
+        self._mq_cache: tuple[float, dict] | None = None
+        monitoring = self.config.get("monitoring") or {}
+        self.exporter = MetricsExporter(monitoring, self.cluster_name)
+        self._push_thread: threading.Thread | None = None
+        # A dead owner's pool must not stay mapped here (its memory would outlive it).
+        self.add_periodic_task("monitoring-prune", lambda m: m.pool_set.prune(), 2.0)
+        if self.exporter:
+            self.add_periodic_task(
+                "metrics-push",
+                MasterService._push_metrics,
+                float(monitoring.get("push_interval_s", DEFAULT_PUSH_INTERVAL_S)),
+            )
 
     # ------------------------------------------------------------- extension points
     def add_route(self, path: str, route: Route) -> None:
@@ -349,6 +429,7 @@ class MasterService:
             daemon=True,
         )
         self._http_thread.start()
+        threading.Thread(target=self.warm_up, name="fluxon-master-warmup", daemon=True).start()
         _log.info(
             "master %s of cluster %s ready: monitoring %s, etcd %s",
             self.instance_key,
@@ -455,6 +536,7 @@ class MasterService:
                         "etcd unreachable during shutdown; the key expires with its lease: %s", exc
                     )
             session.close()
+        self.pool_set.close()
 
     # ------------------------------------------------------------- data
     def cluster_view(self) -> dict:
@@ -470,6 +552,70 @@ class MasterService:
         if session is None:
             raise EtcdError("the master is not connected to etcd")
         return read_cluster_view(session, self.cluster_name, self._record())
+
+    def mq_view(self) -> dict:
+        """The MQ Channels and Members tables (:func:`fluxon.monitoring.collect`).
+
+        Pools of this host's owners are (re)attached as owners come and go. A result
+        is reused for :data:`MQ_VIEW_CACHE_S` so a page, its JSON refresh and a scrape
+        arriving together cost one collection.
+        """
+        from ..monitoring import collect
+
+        session = self.session
+        if session is None:
+            raise EtcdError("the master is not connected to etcd")
+        with self._mq_lock:
+            now = time.monotonic()
+            if self._mq_cache is not None and now - self._mq_cache[0] < MQ_VIEW_CACHE_S:
+                return self._mq_cache[1]
+            owners = [
+                rec
+                for _key, raw in session.get_prefix(naming.owners_prefix(self.cluster_name))
+                for rec in [_loads_dict(raw)]
+                if rec is not None and rec.get("host") in (None, self.host)
+            ]
+            pools = self.pool_set.refresh(owners)
+            data = collect(self.cluster_name, session, pools)
+            self._mq_cache = (time.monotonic(), data)
+            return data
+
+    def _push_metrics(self) -> None:
+        """Periodic task: push the metrics from a side thread (a slow target never
+        delays the main loop; a push still running skips this period)."""
+        if self._push_thread is not None and self._push_thread.is_alive():
+            return
+
+        def run() -> None:
+            from ..monitoring import prometheus_families
+
+            try:
+                self.exporter.push(prometheus_families(self.mq_view()))
+            except EtcdError as exc:
+                _log.debug("metrics push skipped: %s", exc)
+            except Exception:  # noqa: BLE001 - exporting must never stop the master
+                _log.exception("metrics push failed")
+
+        self._push_thread = threading.Thread(target=run, name="fluxon-metrics-push", daemon=True)
+        self._push_thread.start()
+
+    def warm_up(self) -> None:
+        """Compile/load the monitoring kernels now rather than at the first request."""
+        from ..monitoring import warm_up_kernels
+
+        try:
+            warm_up_kernels()
+            self.mq_view()
+        except Exception as exc:  # noqa: BLE001 - best effort
+            _log.debug("monitoring warm-up: %s", exc)
+
+
+def _loads_dict(raw: bytes) -> dict | None:
+    try:
+        rec = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _records(session: Any, prefix: str, host: str) -> list[dict]:
