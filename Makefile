@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench bench-peers lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,17 @@ BENCH_ENV := MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=536870912
 bench: $(STAMP)
 	$(BENCH_ENV) $(PY) -m pytest -q bench -o python_files='bench_*.py' -p no:cacheprovider \
 		--benchmark-only --benchmark-columns=min,median,mean,ops --benchmark-sort=name
+
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+# Every peer (mp.Queue, Pipe, POSIX mq, faster-fifo, zmq, iceoryx2, the reference
+# fluxon-py in its own venv) on the same workload in one run; ARGS="--quick" for a
+# shorter run. The table goes to bench/results/ and bench/README.md.
+bench-peers: $(BENCH_STAMP)
+	$(BENCH_ENV) $(PY) -m bench.peers $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check fluxon kernels tests examples bench
