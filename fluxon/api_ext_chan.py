@@ -38,8 +38,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -84,8 +85,17 @@ _log = init_logger("fluxon.mq")
 
 #: ``ttl_seconds`` when chan_config does not give one.
 DEFAULT_TTL_SECONDS = 60
-#: How long a blocked call keeps retrying before it sleeps on the futex.
+#: How long a blocked call keeps retrying before it sleeps on the futex (at least).
 SPIN_S = 50e-6
+SPIN_NS = int(SPIN_S * 1e9)
+#: Longest spin of a consumer: it spins about two mean gaps between messages, up to
+#: this, when they arrive at most this far apart (see ``_ChanConsumer._get_wait``).
+SPIN_MAX_NS = 200_000
+#: Gaps above this count as this in the consumer's mean gap (it recovers fast after idling).
+GAP_CLAMP_NS = 1_000_000
+#: Messages at least this large are decoded straight from the pool when their shape
+#: allows it (no ndarray views): one copy of the payload instead of two.
+DIRECT_DECODE_BYTES = 64 << 10
 #: Longest single futex sleep; a blocked call re-checks (close, owner, deadline) this often.
 WAIT_SLICE_S = 0.2
 #: Seconds between latency log lines (env ``FLUXON_MQ_STATS_INTERVAL_S``).
@@ -94,6 +104,8 @@ try:
 except ValueError:
     STATS_INTERVAL_S = 30.0
 
+_YIELD = os.environ.get("FX_YIELD") == "1"
+_sched_yield = os.sched_yield
 _CONFIG_KEYS = ("capacity", "ttl_seconds", "weight", "payload_backend")
 _OK_TRUE = Result.new_ok(True)
 _OK_FALSE = Result.new_ok(False)
@@ -101,9 +113,14 @@ _OK_NONE = Result.new_ok(OK_NONE)
 _perf_ns = time.perf_counter_ns
 _prepare = codec.prepare
 _write = codec.write
+_encode_fast = codec.encode_fast
+_decode_many = codec.decode_many
+_decode_detached = codec.decode_detached
 _SLOT_INLINE = cl.SLOT_INLINE
 #: Status of a put attempt on a closed handle (not a kernel status).
 _CLOSED = -1000
+#: Status of a put attempt the codec's fast path could not take (not a kernel status).
+_NOT_FAST = -1001
 
 
 class ChanType(str, Enum):
@@ -406,17 +423,20 @@ class _ChanEndpoint:
             )
         return t0 + int(try_time * 1e9)
 
-    def _wait_for(self, attempt: Callable[[], Any], space: int, deadline: int | None) -> Any:
+    def _wait_for(
+        self, attempt: Callable[[], Any], space: int, deadline: int | None, spin_s: float
+    ) -> Any:
         """Retry ``attempt`` until it returns something other than ``None``.
 
-        The waiting strategy of both handles: spin for :data:`SPIN_S`, then register as
-        a waiter (``wait_begin``), re-check, and sleep on the channel's futex word
-        (``DATA_SEQ`` for consumers, ``SPACE_SEQ`` for producers) in slices of at most
-        :data:`WAIT_SLICE_S`. Returns ``None`` once ``deadline`` (perf_counter ns) passed.
+        The waiting strategy of both handles: spin (retry) for ``spin_s`` seconds, then
+        register as a waiter (``wait_begin``), re-check, and sleep on the channel's futex
+        word (``DATA_SEQ`` for consumers, ``SPACE_SEQ`` for producers) in slices of at
+        most :data:`WAIT_SLICE_S`. Returns ``None`` once ``deadline`` (perf_counter ns)
+        passed.
         """
         if deadline is not None and _perf_ns() >= deadline:
             return None
-        spin_end = _perf_ns() + int(SPIN_S * 1e9)
+        spin_end = _perf_ns() + int(spin_s * 1e9)
         while True:
             got = attempt()
             if got is not None:
@@ -426,6 +446,8 @@ class _ChanEndpoint:
                 return None
             if now >= spin_end:
                 break
+            if _YIELD:
+                _sched_yield()
         w, c = self._w, self._c
         addr = self._space_addr if space else self._data_addr
         while True:
@@ -460,7 +482,23 @@ class _ChanProducer(_ChanEndpoint):
         self._scratch = np.zeros(cl.SLOT_INLINE, dtype=np.uint8)
         self._max_bytes = int(self._api.pool.max_value_bytes())
         b, w, c, e, tag = self._b, self._w, self._c, self._entry, self._tag
-        self._k_put = _fast(kchan.prod_put, b, w, c, e, tag, self._scratch, 0)
+        scratch = self._scratch
+        # Kernels bound to this handle's arguments: one C-level call each on the hot path.
+        self._put_scratch = partial(_fast(kchan.prod_put, b, w, c, e, tag, scratch, 0), b, w, c, e, tag, scratch)
+        self._put_many = partial(
+            _fast(kchan.prod_put_many, b, w, c, e, tag, scratch, self._lens_sample(), 0),
+            b, w, c, e, tag,
+        )  # fmt: skip
+        self._reserve = partial(_fast(kchan.prod_reserve, b, w, c, e, tag, 0), b, w, c, e, tag)
+        self._payload_at = partial(_fast(kchan.slot_payload_offset, b, w, c, 0), b, w, c)
+        self._publish = partial(_fast(kchan.prod_publish, b, w, c, e, tag, 0), b, w, c, e, tag)
+        self._abort = partial(_fast(kchan.prod_abort, b, w, c, tag, 0), b, w, c, tag)
+        self._batch_buf = np.zeros(0, dtype=np.uint8)
+        self._batch_lens = np.zeros(0, dtype=np.int64)
+
+    @staticmethod
+    def _lens_sample() -> np.ndarray:
+        return np.zeros(1, dtype=np.int64)
 
     def get_producer_id(self) -> str:
         """This producer's cluster-wide member id."""
@@ -484,11 +522,14 @@ class _ChanProducer(_ChanEndpoint):
             if self._closed:
                 return -1
             if n <= cl.SLOT_INLINE:
-                scratch = self._scratch
-                codec.write(prepared, scratch, 0)
-                rc = self._k_put(self._b, self._w, self._c, self._entry, self._tag, scratch, n)
+                codec.write(prepared, self._scratch, 0)
+                rc = self._put_scratch(n)
             else:
                 rc = self._put_large(prepared, n)
+        return self._publish_outcome(rc, n)
+
+    def _publish_outcome(self, rc: int, n: int) -> int:
+        """1 for a kernel's success (waking consumers if asked), 0 for no room; raises."""
         if rc >= 0:
             if rc == 1:
                 futex_wake(self._data_addr)
@@ -502,16 +543,31 @@ class _ChanProducer(_ChanEndpoint):
         raise error_from_status(rc, f"publishing into channel {self._chan_id}")
 
     def _put_large(self, prepared: Any, n: int) -> int:
-        b, w, c, tag = self._b, self._w, self._c, self._tag
-        s = int(kchan.prod_reserve(b, w, c, self._entry, tag, n))
+        s = self._reserve(n)
         if s < 0:
             return s
         try:
-            codec.write(prepared, b, int(kchan.slot_payload_offset(b, w, c, s)))
+            codec.write(prepared, self._b, self._payload_at(s))
         except BaseException:
-            kchan.prod_abort(b, w, c, tag, s)
+            if self._abort(s) == 1:
+                futex_wake(self._space_addr)
             raise
-        return int(kchan.prod_publish(b, w, c, self._entry, tag, s))
+        return self._publish(s)
+
+    def _put_large_fast(self, value: dict, n: int) -> int:
+        """Publish a message ``encode_fast`` sized at ``n`` bytes straight into the pool.
+
+        Returns the kernel status, or :data:`_NOT_FAST` (slot given back) if the value no
+        longer encodes to ``n`` bytes (another thread changed the dict meanwhile).
+        """
+        s = self._reserve(n)
+        if s < 0:
+            return s
+        if _encode_fast(value, self._b, self._payload_at(s), n) != n:
+            if self._abort(s) == 1:
+                futex_wake(self._space_addr)
+            return _NOT_FAST
+        return self._publish(s)
 
     def put_data(self, value: dict, try_time: float | None = None) -> Result:
         """Send one message.
@@ -535,44 +591,47 @@ class _ChanProducer(_ChanEndpoint):
         t0 = _perf_ns()
         if self._closed or self._api._owner_lost:
             return self._unusable()
+        # Fast path: a message of a shape seen before, encoded straight into the scratch
+        # buffer (or, too big to sit inline, into a reserved pool block) and published.
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._closed:
+                rc = _CLOSED
+            else:
+                n = _encode_fast(value, self._scratch, 0, _SLOT_INLINE)
+                if n is None:
+                    rc = _NOT_FAST
+                elif n > 0:
+                    rc = self._put_scratch(n)
+                elif -n <= self._max_bytes:
+                    rc = self._put_large_fast(value, -n)
+                else:
+                    rc = _NOT_FAST
+        finally:
+            lock.release()
+        if rc >= 0:
+            if rc:
+                futex_wake(self._data_addr)  # consumers sleep: wake them
+            st = self._stats
+            dt = _perf_ns() - t0
+            st.calls += 1
+            st.total_ns += dt
+            st.hist[dt.bit_length()] += 1
+            if dt > st.max_ns:
+                st.max_ns = dt
+            if t0 >= self._next_stats_ns:
+                self._log_stats(t0)
+            return _OK_TRUE
+        if rc == _CLOSED:
+            return self._closed_error()
+        return self._put_slow(value, try_time, t0)
+
+    def _put_slow(self, value: Any, try_time: float | None, t0: int) -> Result:
+        """Everything but a fast-path publish that went through at once."""
         try:
             prepared = _prepare(value)
-        except ApiError as err:
-            return Result.new_error(err)
-        n = prepared.size
-        if n <= _SLOT_INLINE:
-            # Fast path: encode into the scratch buffer and publish inline in a slot.
-            lock = self._lock
-            lock.acquire()
-            try:
-                if self._closed:
-                    rc = _CLOSED
-                else:
-                    scratch = self._scratch
-                    _write(prepared, scratch, 0)
-                    rc = self._k_put(self._b, self._w, self._c, self._entry, self._tag, scratch, n)
-            finally:
-                lock.release()
-            if rc >= 0:
-                if rc:
-                    futex_wake(self._data_addr)  # consumers sleep: wake them
-                st = self._stats
-                dt = _perf_ns() - t0
-                st.calls += 1
-                st.total_ns += dt
-                st.hist[dt.bit_length()] += 1
-                if dt > st.max_ns:
-                    st.max_ns = dt
-                if t0 >= self._next_stats_ns:
-                    self._log_stats(t0)
-                return _OK_TRUE
-            if rc == _CLOSED:
-                return self._closed_error()
-        return self._put_slow(prepared, n, try_time, t0)
-
-    def _put_slow(self, prepared: Any, n: int, try_time: float | None, t0: int) -> Result:
-        """Everything but an inline publish that went through at once."""
-        try:
+            n = prepared.size
             if n > self._max_bytes:
                 raise InvalidArgumentError(
                     f"message encodes to {n} bytes; the pool can hold at most {self._max_bytes}",
@@ -609,8 +668,140 @@ class _ChanProducer(_ChanEndpoint):
         def attempt() -> int | None:
             return self._try_put(prepared, n) or None
 
-        got = self._wait_for(attempt, 1, deadline)
+        got = self._wait_for(attempt, 1, deadline, SPIN_S)
         return 0 if got is None else got
+
+    def put_data_many(self, values: Sequence[dict], try_time: float | None = None) -> Result:
+        """Send several messages, in order, publishing runs of small ones in one kernel call.
+
+        An extension for producers that have many messages at hand (the native batch of
+        :func:`fluxon_kernels.channel.prod_put_many`); each message is delivered exactly as
+        if sent by :meth:`put_data`, in list order.
+
+        Parameters
+        ----------
+        values : sequence of dict
+            The FlatDicts. All are validated before anything is published.
+        try_time : float or None
+            How long, in total, to wait for room while the channel is full: ``None`` until
+            everything is published or the handle is closed, ``0`` no wait.
+
+        Returns
+        -------
+        Result[int]
+            ``Ok(n)``: the first ``n`` messages were published (``len(values)`` unless no
+            room came within ``try_time``, or the handle was closed after some were
+            published); InvalidArgumentError naming the index and field of a bad value
+            (nothing published); ProducerClosedError if the handle is closed before any
+            was published.
+        """
+        t0 = _perf_ns()
+        if self._closed or self._api._owner_lost:
+            return self._unusable()
+        try:
+            plan = self._encode_many(values)
+        except ApiError as err:
+            return Result.new_error(err)
+        total = len(plan[2])
+        done = 0
+        deadline = -1  # not computed yet
+        try:
+            while done < total:
+                got = self._put_many_attempt(plan, done)
+                if got is None:
+                    if deadline == -1:
+                        deadline = self._deadline(try_time, t0)
+                        self._stats.waits += 1
+                    got = self._wait_for(
+                        lambda: self._put_many_attempt(plan, done), 1, deadline, SPIN_S
+                    )
+                    if got is None:
+                        self._stats.timeouts += 1
+                        break
+                if got < 0:
+                    if not done:
+                        return self._closed_error()
+                    break
+                done += got
+        except ApiError as err:
+            return Result.new_error(err)
+        st = self._stats
+        dt = _perf_ns() - t0
+        st.calls += 1
+        st.total_ns += dt
+        st.hist[dt.bit_length()] += 1
+        if dt > st.max_ns:
+            st.max_ns = dt
+        if t0 >= self._next_stats_ns:
+            self._log_stats(t0)
+        return Result.new_ok(done)
+
+    def _encode_many(self, values: Sequence[dict]) -> tuple:
+        """Encode every message (small ones end to end in one buffer); raises on a bad one.
+
+        Returns ``(buf, lens, items, starts)``: ``items[i]`` is None for a message
+        encoded in ``buf`` at ``starts[i]`` (length ``lens[i]``), else its Prepared.
+        """
+        if isinstance(values, dict) or not hasattr(values, "__len__"):
+            raise InvalidArgumentError(
+                f"values must be a sequence of FlatDicts, got {type(values).__name__}",
+                details={"field": "values"},
+            )
+        count = len(values)
+        if self._batch_buf.shape[0] < count * _SLOT_INLINE:
+            self._batch_buf = np.zeros(max(64, count) * _SLOT_INLINE, dtype=np.uint8)
+            self._batch_lens = np.zeros(max(64, count), dtype=np.int64)
+        buf, lens = self._batch_buf, self._batch_lens
+        items: list = []
+        starts: list = []
+        pos = 0
+        for i, value in enumerate(values):
+            n = _encode_fast(value, buf, pos, _SLOT_INLINE)
+            if n is not None and n > 0:
+                items.append(None)
+            else:
+                try:
+                    prepared = _prepare(value)
+                except InvalidArgumentError as exc:
+                    raise InvalidArgumentError(
+                        f"values[{i}]: {exc.message}", details={**exc.details, "index": i}
+                    ) from None
+                n = prepared.size
+                if n > self._max_bytes:
+                    raise InvalidArgumentError(
+                        f"values[{i}] encodes to {n} bytes; the pool can hold at most "
+                        f"{self._max_bytes}",
+                        details={"size": n, "index": i},
+                    )
+                if n <= _SLOT_INLINE:
+                    _write(prepared, buf, pos)
+                    prepared = None
+                items.append(prepared)
+            lens[i] = n
+            starts.append(pos)
+            if items[-1] is None:
+                pos += n
+        return buf, lens, items, starts
+
+    def _put_many_attempt(self, plan: tuple, first: int) -> int | None:
+        """Publish from message ``first`` on: how many went out, None (no room), -1 closed."""
+        buf, lens, items, starts = plan
+        item = items[first]
+        if item is not None:  # a large message: on its own
+            got = self._try_put(item, int(lens[first]))
+            return got if got else None
+        last = first + 1
+        end = len(items)
+        while last < end and items[last] is None:
+            last += 1
+        with self._lock:
+            if self._closed:
+                return -1
+            rc = self._put_many(buf[starts[first] :], lens[first:last], last - first)
+        if rc >> 32:
+            futex_wake(self._data_addr)
+        rc &= 0xFFFFFFFF
+        return rc if rc else None
 
     def _log_stats(self, now_ns: int) -> None:
         st, self._stats = self._stats, _Window()
@@ -646,11 +837,20 @@ class _ChanConsumer(_ChanEndpoint):
         self._pf_end = 0
         self._lens = np.zeros(64, dtype=np.int64)
         self._offs = np.zeros(64, dtype=np.int64)
+        self._offs_stride = 0  # _offs[:_offs_count] hold i * _offs_stride (0: unknown)
+        self._offs_count = 0
         b, w, c, tag = self._b, self._w, self._c, self._tag
-        self._k_claim = _fast(kchan.cons_claim, b, w, c, tag, self._swrr, self._claimed, 0)
-        self._k_lengths = _fast(kchan.cons_lengths, b, w, c, self._claimed, 0, self._lens)
-        self._k_copy = _fast(kchan.cons_copy, b, w, c, self._claimed, 0, self._b, self._offs)
-        self._k_complete = _fast(kchan.cons_complete, b, w, c, tag, self._claimed, 0)
+        # Kernels bound to this handle's arguments: one C-level call each on the hot path.
+        claimed = self._claimed
+        self._k_claim = partial(_fast(kchan.cons_claim, b, w, c, tag, self._swrr, claimed, 0), b, w, c, tag, self._swrr)
+        self._k_lengths = partial(_fast(kchan.cons_lengths, b, w, c, claimed, 0, self._lens), b, w, c)
+        self._k_copy = partial(_fast(kchan.cons_copy, b, w, c, claimed, 0, b, self._offs), b, w, c)
+        self._k_complete = partial(_fast(kchan.cons_complete, b, w, c, tag, claimed, 0), b, w, c, tag)
+        self._payload_at = partial(_fast(kchan.slot_payload_offset, b, w, c, 0), b, w, c)
+        self._zero_offset = np.zeros(1, dtype=np.int64)
+        # Adaptive spin: mean gap between message arrivals (ns) and the last arrival.
+        self._gap_ns = GAP_CLAMP_NS
+        self._last_arrival_ns = 0
 
     def get_consumer_id(self) -> str:
         """This consumer's cluster-wide member id."""
@@ -693,16 +893,15 @@ class _ChanConsumer(_ChanEndpoint):
             if have < want:
                 arr = self._claimed
                 if start:
-                    arr[:have] = arr[start:end]
+                    if have:
+                        arr[:have] = arr[start:end]
                     start, end = 0, have
                     self._pf_start = 0
                 if arr.shape[0] < want:
                     grown = np.zeros(max(want, 2 * arr.shape[0]), dtype=np.int64)
                     grown[:have] = arr[:have]
                     self._claimed = arr = grown
-                end += self._k_claim(
-                    self._b, self._w, self._c, self._tag, self._swrr, arr[end:], want - have
-                )
+                end += self._k_claim(arr[end:] if end else arr, want - have)
                 self._pf_end = end
                 have = end - start
             if not have:
@@ -716,36 +915,98 @@ class _ChanConsumer(_ChanEndpoint):
         killed) until they are decoded and about to be returned to the caller.
         """
         t = _perf_ns()
-        b, w, c = self._b, self._w, self._c
-        slots = self._claimed[start : start + k]
+        slots = self._claimed[start : start + k] if start else self._claimed
         if self._lens.shape[0] < k:
             self._lens = np.zeros(2 * k, dtype=np.int64)
             self._offs = np.zeros(2 * k, dtype=np.int64)
-        self._k_lengths(b, w, c, slots, k, self._lens)
-        lens = self._lens[:k].tolist()
-        offs = []
-        pos = 0
-        for ln in lens:
-            offs.append(pos)
-            pos += (ln + 7) & ~7
-        self._offs[:k] = offs
+            self._offs_stride = 0
+        lens_arr = self._lens
+        self._k_lengths(slots, k, lens_arr)
+        lens = lens_arr[:k].tolist()
+        if min(lens) >= DIRECT_DECODE_BYTES:
+            return self._take_large(start, slots, k, lens, t)
+        # Each message 8-aligned in one private buffer (its arrays are views of it).
+        # Equal lengths (the common case) give offsets i * stride; _offs keeps them
+        # from one call to the next (_offs_stride, _offs_count say which are valid).
+        offs_arr = self._offs
+        ln = lens[0]
+        if k == 1 or lens.count(ln) == k:
+            stride = (ln + 7) & ~7
+            pos = k * stride
+            offs = range(0, pos, stride)
+            if stride != self._offs_stride or k > self._offs_count:
+                offs_arr[:k] = offs
+                self._offs_stride = stride
+                self._offs_count = k
+        else:
+            offs = []
+            pos = 0
+            for ln in lens:
+                offs.append(pos)
+                pos += (ln + 7) & ~7
+            offs_arr[:k] = offs
+            self._offs_stride = 0
         buf = np.empty(pos, dtype=np.uint8)
-        self._k_copy(b, w, c, slots, k, buf, self._offs)
+        self._k_copy(slots, k, buf, offs_arr)
         t1 = _perf_ns()
-        decode = codec.decode
         try:
-            out = [decode(buf[o : o + ln]) for o, ln in zip(offs, lens)]
+            out = _decode_many(buf, offs, lens)
         except MsgDeserializeError:
             out = self._decode_each(buf, offs, lens)
         t2 = _perf_ns()
         self._pf_start = start + k
-        if self._k_complete(b, w, c, self._tag, slots, k):
+        if self._k_complete(slots, k):
             futex_wake(self._space_addr)
         st = self._stats
         st.kernel_ns += (t1 - t) + (_perf_ns() - t2)
         st.decode_ns += t2 - t1
         st.messages += k
+        # Adaptive spin: the mean gap between arrivals, from what this call delivered.
+        last = self._last_arrival_ns
+        self._last_arrival_ns = t2
+        if last:
+            gap = (t2 - last) // k
+            self._gap_ns += ((gap if gap < GAP_CLAMP_NS else GAP_CLAMP_NS) - self._gap_ns) >> 3
         return out
+
+    def _take_large(self, start: int, slots: np.ndarray, k: int, lens: list, t: int) -> list:
+        """:meth:`_take` for large messages: one copy each instead of two when possible.
+
+        A message whose shape decodes without ndarray views (``codec.decode_detached``)
+        is decoded straight from its pool block (its bytes/str values are copied out
+        there); any other is copied into a private buffer first, as in :meth:`_take`.
+        """
+        pool_mv = memoryview(self._b)
+        out = []
+        for i in range(k):
+            ln = lens[i]
+            msg = _decode_detached(pool_mv, self._payload_at(int(slots[i])), ln)
+            if msg is None:
+                buf = np.empty(ln, dtype=np.uint8)
+                self._k_copy(slots[i : i + 1], 1, buf, self._zero_offset)
+                got = self._decode_each(buf, [0], [ln])
+                if not got:
+                    continue
+                msg = got[0]
+            out.append(msg)
+        t2 = _perf_ns()
+        self._pf_start = start + k
+        if self._k_complete(slots, k):
+            futex_wake(self._space_addr)
+        st = self._stats
+        st.kernel_ns += _perf_ns() - t2
+        st.decode_ns += t2 - t
+        st.messages += k
+        self._note_arrivals(t2, k)
+        return out
+
+    def _note_arrivals(self, now: int, k: int) -> None:
+        """Adaptive spin: fold ``k`` messages delivered at ``now`` into the mean gap."""
+        last = self._last_arrival_ns
+        self._last_arrival_ns = now
+        if last:
+            gap = (now - last) // k
+            self._gap_ns += ((gap if gap < GAP_CLAMP_NS else GAP_CLAMP_NS) - self._gap_ns) >> 3
 
     def _decode_each(self, buf: np.ndarray, offs: list, lens: list) -> list:
         out = []
@@ -842,9 +1103,18 @@ class _ChanConsumer(_ChanEndpoint):
         deadline = self._deadline(try_time, t0)
         st = self._stats
         st.waits += 1
+        # Spin about two mean gaps when messages come often enough for that to pay
+        # (a futex wake-up costs tens of microseconds); else only briefly.
+        gap = self._gap_ns
+        if gap > SPIN_MAX_NS:
+            spin_ns = SPIN_NS
+        else:
+            spin_ns = min(SPIN_MAX_NS, max(SPIN_NS, 2 * gap))
         w0 = _perf_ns()
         try:
-            return self._wait_for(lambda: self._try_get(batch_size, want), 0, deadline)
+            return self._wait_for(
+                lambda: self._try_get(batch_size, want), 0, deadline, spin_ns / 1e9
+            )
         finally:
             st.wait_ns += _perf_ns() - w0
 

@@ -54,7 +54,10 @@ __all__ = [
     "FlatDict",
     "Prepared",
     "decode",
+    "decode_detached",
+    "decode_many",
     "encode",
+    "encode_fast",
     "encode_into",
     "encoded_size",
     "prepare",
@@ -479,9 +482,17 @@ def decode(buf: np.ndarray | bytes | bytearray | memoryview) -> dict:
     if not buf.flags.c_contiguous:
         buf = np.ascontiguousarray(buf)
     length = buf.shape[0]
+    mv = memoryview(buf)
+    out = _decode_fast(mv, buf, 0, length)
+    if out is not None:
+        return out
+    return _decode_general(buf, mv, length)
+
+
+def _decode_general(buf: np.ndarray, mv: memoryview, length: int) -> dict:
+    """:func:`decode` of any encoding, with the precise error of a bad one."""
     if length < HEADER_BYTES:
         raise _corrupt(f"{length} bytes is shorter than the {HEADER_BYTES}-byte header")
-    mv = memoryview(buf)
     magic, version, n, total = _HEADER.unpack_from(mv, 0)
     if magic != MAGIC:
         raise _corrupt(f"bad magic 0x{magic:08x} (expected 0x{MAGIC:08x})")
@@ -556,4 +567,481 @@ def decode(buf: np.ndarray | bytes | bytearray | memoryview) -> dict:
             out[key] = buf[data : data + b].view(dtype).reshape(shape)
     except (UnicodeDecodeError, ValueError, TypeError, OverflowError, struct.error) as exc:
         raise _corrupt(f"{type(exc).__name__}: {exc}") from None
+    _learn_decoder(n, e, keys_raw)
+    return out
+
+
+# --------------------------------------------------------------------------- fast path
+# A stream of messages usually repeats one shape: the same keys in the same order with
+# the same value types (``{"seq": int, "t": int, "payload": bytes}``). For a shape seen
+# FAST_AFTER times the codec compiles a function specialised to it: encoding is one
+# ``struct.pack_into`` of header, entries, keys, padding and every str/bytes value;
+# decoding is one ``unpack_from`` of header, entries and keys, a comparison of the
+# constant parts (magic, version, field count, tags, key lengths, keys) with the
+# shape's, and the value fields. The bytes written and the dicts returned are exactly
+# those of the general path; anything unusual (other types, an int outside int64, a
+# constant part that differs, a bad offset, any exception) makes the specialised
+# function decline (``None``) and the general path, with its precise errors, decides.
+# Generated code only ever names fields through bound constants (K0, C1, ...): keys
+# never become source text.
+
+#: How many times a shape is seen before its specialised encoder/decoder is compiled.
+FAST_AFTER = 2
+#: Most shapes compiled for each direction (later shapes use the general path).
+MAX_FAST_SHAPES = 256
+#: Shapes with more fields than this use the general path.
+MAX_FAST_FIELDS = 64
+#: Most per-length structs cached per encoder shape (str/bytes lengths vary).
+_MAX_LENGTH_STRUCTS = 64
+#: Encodings at least this large copy their str/bytes values by slice assignment.
+_BIG_VALUE_BYTES = 32 << 10
+
+_SIMPLE_TYPES = {int: TAG_INT, float: TAG_FLOAT, bool: TAG_BOOL, str: TAG_STR, bytes: TAG_BYTES}
+_ENTRY_HEAD = struct.Struct("<BBHI")
+_HEAD_WORD = struct.Struct("<Q")
+_BOOL_WORDS = {0: False, 1: True}
+
+_enc_by_keys: dict[tuple, Any] = {}  # keys -> encoder of the types last seen with them
+_enc_by_shape: dict[tuple, Any] = {}  # (keys, types) -> encoder
+_enc_seen: dict[tuple, int] = {}
+_dec_by_head: dict[int, list] = {}  # first header word -> decoders of that field count
+_dec_by_shape: dict[tuple, Any] = {}
+_dec_seen: dict[tuple, int] = {}
+_dec_last: list = [None]  # the decoder that matched last
+
+
+class _Fmt:
+    """Builds a struct format whose constant runs are merged into ``Ns`` items."""
+
+    def __init__(self) -> None:
+        self.fmt: list[str] = []
+        self.args: list[str] = []  # source expression of each item
+        self.consts: dict[str, bytes] = {}
+        self._pending = bytearray()
+
+    def const(self, raw: bytes) -> None:
+        self._pending += raw
+
+    def var(self, code: str, expr: str) -> None:
+        self.flush()
+        self.fmt.append(code)
+        self.args.append(expr)
+
+    def flush(self) -> None:
+        if self._pending:
+            name = f"C{len(self.consts)}"
+            self.consts[name] = bytes(self._pending)
+            self.fmt.append(f"{len(self._pending)}s")
+            self.args.append(name)
+            self._pending = bytearray()
+
+
+def _compile(source: str, name: str, namespace: dict) -> Any:
+    exec(compile(source, f"<fluxon.codec {name}>", "exec"), namespace)  # noqa: S102
+    return namespace[name]
+
+
+def _build_encoder(keys: tuple, types: tuple) -> Any:
+    """The specialised encoder of one shape (see :func:`encode_fast`), or None."""
+    kbs = []
+    for k in keys:
+        try:
+            kb = k.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        if not kb or len(kb) > MAX_KEY_BYTES:
+            return None
+        kbs.append(kb)
+    n = len(keys)
+    keys_len = sum(len(kb) for kb in kbs)
+    fixed_raw = HEADER_BYTES + ENTRY_BYTES * n + keys_len
+    fixed = _align8(fixed_raw)
+    f = _Fmt()
+    f.const(struct.pack("<IHH", MAGIC, VERSION, n))
+    f.var("Q", "total")
+    names = [f"v{i}" for i in range(n)]
+    body = [f"    {', '.join(names)}, = value.values()"]
+    checks = " or ".join(f"type(v{i}) is not T{i}" for i in range(n))
+    body.append(f"    if {checks}:\n        return None")
+    var_items: list[tuple[str, str]] = []  # (value expr, length name)
+    cursor = "0"
+    for i, (kb, t) in enumerate(zip(kbs, types)):
+        tag = _SIMPLE_TYPES[t]
+        f.const(_ENTRY_HEAD.pack(tag, 0, len(kb), 0))
+        if tag == TAG_INT:
+            body.append(f"    if not {_INT64_MIN} <= v{i} <= {_INT64_MAX}:\n        return None")
+            f.var("q", f"v{i}")
+            f.const(bytes(8))
+        elif tag == TAG_FLOAT:
+            f.var("d", f"v{i}")
+            f.const(bytes(8))
+        elif tag == TAG_BOOL:
+            f.var("q", f"v{i}")
+            f.const(bytes(8))
+        else:
+            src = f"v{i}"
+            if tag == TAG_STR:
+                body.append(f"    r{i} = v{i}.encode('utf-8')")
+                src = f"r{i}"
+            body.append(f"    n{i} = len({src})")
+            f.var("q", cursor)
+            f.var("Q", f"n{i}")
+            body.append(f"    c{i} = {cursor} + n{i}")
+            cursor = f"c{i}"
+            var_items.append((src, f"n{i}"))
+    f.const(b"".join(kbs))
+    f.const(bytes(fixed - fixed_raw))
+    f.flush()
+    fixed_fmt = "<" + "".join(f.fmt)
+    namespace: dict[str, Any] = dict(f.consts)
+    namespace.update({f"T{i}": t for i, t in enumerate(types)})
+    body.append(f"    total = {fixed} + {cursor}")
+    body.append("    if total > limit:\n        return -total")
+    args = ", ".join(f.args + [src for src, _ in var_items])
+    if var_items:
+        # Large str/bytes values: slice copies beat struct's "Ns" (which also fills).
+        namespace.update(FIXED=struct.Struct(fixed_fmt), BIG=_pack_big)
+        body.append(f"    if total >= {_BIG_VALUE_BYTES}:")
+        body.append(
+            f"        return BIG(FIXED, dst, offset, ({', '.join(f.args)},), "
+            f"({', '.join(src for src, _ in var_items)},), total)"
+        )
+        lens = ", ".join(ln for _, ln in var_items)
+        lens_key = lens if len(var_items) == 1 else f"({lens},)"
+        structs: dict[Any, struct.Struct] = {}
+
+        def make(lengths: Any) -> struct.Struct:
+            seq = lengths if isinstance(lengths, tuple) else (lengths,)
+            made = struct.Struct(fixed_fmt + "".join(f"{ln}s" for ln in seq))
+            if len(structs) < _MAX_LENGTH_STRUCTS:
+                structs[lengths] = made
+            return made
+
+        namespace.update(SC=structs, MAKE=make)
+        body.append(f"    S = SC.get({lens_key})")
+        body.append(f"    if S is None:\n        S = MAKE({lens_key})")
+    else:
+        namespace["S"] = struct.Struct(fixed_fmt)
+    body.append(f"    S.pack_into(dst, offset, {args})")
+    body.append("    return total")
+    source = "def encode(value, dst, offset, limit):\n" + "\n".join(body) + "\n"
+    return _compile(source, "encode", namespace)
+
+
+def _pack_big(fixed: struct.Struct, dst: Any, offset: int, args: tuple, items: tuple, total: int) -> int:
+    """Write a large encoding: the fixed part with ``fixed``, then each value by slice copy."""
+    fixed.pack_into(dst, offset, *args)
+    mv = memoryview(dst)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    pos = offset + fixed.size
+    for item in items:
+        end = pos + len(item)
+        mv[pos:end] = item
+        pos = end
+    return total
+
+
+def _learn_encoder(value: dict, keys: tuple) -> Any:
+    """Count ``value``'s shape; the shape's encoder once compiled, else None."""
+    types = tuple(map(type, value.values()))
+    shape = (keys, types)
+    enc = _enc_by_shape.get(shape)
+    if enc is None:
+        if (
+            len(_enc_by_shape) >= MAX_FAST_SHAPES
+            or not 0 < len(keys) <= MAX_FAST_FIELDS
+            or any(t not in _SIMPLE_TYPES for t in types)
+            or any(type(k) is not str for k in keys)
+        ):
+            return None
+        seen = _enc_seen.get(shape, 0) + 1
+        if seen < FAST_AFTER:
+            if len(_enc_seen) > 16 * MAX_FAST_SHAPES:
+                _enc_seen.clear()
+            _enc_seen[shape] = seen
+            return None
+        enc = _build_encoder(keys, types)
+        if enc is None:
+            return None
+        _enc_by_shape[shape] = enc
+        _enc_seen.pop(shape, None)
+    _enc_by_keys[keys] = enc
+    return enc
+
+
+def encode_fast(value: Any, dst: Any, offset: int, limit: int) -> int | None:
+    """Encode ``value`` straight into ``dst`` if its shape has a specialised encoder.
+
+    The hot-path companion of :func:`prepare` + :func:`write`: same bytes, a fraction of
+    the cost, for dicts whose keys, key order and value types (exactly ``int``,
+    ``float``, ``bool``, ``str``, ``bytes``) repeat an earlier message's. Never raises
+    for a bad value: it declines, and :func:`prepare` reports the problem.
+
+    Parameters
+    ----------
+    value : Any
+        The candidate FlatDict.
+    dst : numpy.ndarray | bytearray | memoryview
+        Writable byte buffer holding at least ``offset + limit`` bytes.
+    offset : int
+        Where the encoding starts (8-aligned keeps array data aligned).
+    limit : int
+        Most bytes that may be written.
+
+    Returns
+    -------
+    int or None
+        The encoded size when written; minus the encoded size when it exceeds ``limit``
+        (nothing written); ``None`` when there is no fast path for ``value`` (use
+        :func:`prepare` and :func:`write`).
+    """
+    if type(value) is not dict:
+        return None
+    keys = tuple(value)
+    enc = _enc_by_keys.get(keys)
+    if enc is not None:
+        try:
+            got = enc(value, dst, offset, limit)
+        except Exception:  # noqa: BLE001 - e.g. a str that is not UTF-8: general path
+            return None
+        if got is not None:
+            return got
+    enc2 = _learn_encoder(value, keys)
+    if enc2 is None or enc2 is enc:
+        return None
+    try:
+        return enc2(value, dst, offset, limit)
+    except Exception:  # noqa: BLE001 - general path
+        return None
+
+
+def _fast_array(
+    mv: memoryview, buf: Any, off: int, start: int, ndim: int, meta_len: int, nbytes: int,
+    total: int,
+) -> Any:  # fmt: skip
+    """An array field for a specialised decoder (``start`` relative to ``off``), or None."""
+    shape_end = start + 8 * ndim
+    meta_end = shape_end + meta_len
+    if meta_end > total:
+        return None
+    dtype = _DTYPES_BY_BYTES.get(mv[off + shape_end : off + meta_end].tobytes())
+    if dtype is None:
+        return None
+    shape = _SHAPE_STRUCTS[ndim].unpack_from(mv, off + start)
+    data = _align8(meta_end)
+    count = 1
+    for dim in shape:
+        count *= dim
+    if data + nbytes > total or count * dtype.itemsize != nbytes:
+        return None
+    return buf[off + data : off + data + nbytes].view(dtype).reshape(shape)
+
+
+def _build_decoder(n: int, heads: tuple, keys_raw: bytes) -> Any:
+    """The specialised decoder of one encoded shape, or None."""
+    keys = []
+    kp = 0
+    for _tag, _ndim, klen, _meta in heads:
+        try:
+            keys.append(keys_raw[kp : kp + klen].decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        kp += klen
+    if len(set(keys)) != n or not all(keys):
+        return None
+    keys_len = len(keys_raw)
+    fixed_raw = HEADER_BYTES + ENTRY_BYTES * n + keys_len
+    fixed = _align8(fixed_raw)
+    f = _Fmt()
+    f.const(struct.pack("<IHH", MAGIC, VERSION, n))
+    f.var("Q", "total")
+    vals = []  # per field: ("u", index) | ("code", name)
+    body: list[str] = []
+    for i, (tag, ndim, klen, meta_len) in enumerate(heads):
+        f.const(_ENTRY_HEAD.pack(tag, ndim, klen, meta_len))
+        if tag in (TAG_INT, TAG_FLOAT, TAG_BOOL):
+            f.var("d" if tag == TAG_FLOAT else "q", f"a{i}")
+            f.const(bytes(8))
+        elif tag in (TAG_STR, TAG_BYTES, TAG_NDARRAY):
+            if tag == TAG_NDARRAY and (ndim > MAX_NDIM or meta_len > 8):
+                return None
+            f.var("q", f"a{i}")
+            f.var("Q", f"b{i}")
+        else:
+            return None
+    f.const(keys_raw)
+    f.flush()
+    fmt = "<" + "".join(f.fmt)  # the zero padding after the keys is not read
+    # Unpack every item into a local: constant runs as c0, c1, ... (compared with the
+    # shape's C0, C1, ...), values as total, a0, b0, ...
+    targets = [f"c{name[1:]}" if name in f.consts else name for name in f.args]
+    checks = " or ".join(f"c{name[1:]} != {name}" for name in f.consts)
+    body.append(f"    if length < {fixed}:\n        return None")
+    body.append(f"    {', '.join(targets)}, = S.unpack_from(mv, off)")
+    body.append(f"    if {checks}:\n        return None")
+    body.append(f"    if total > length or total < {fixed}:\n        return None")
+    for i, (tag, ndim, _klen, meta_len) in enumerate(heads):
+        a = f"a{i}"
+        if tag in (TAG_INT, TAG_FLOAT):
+            vals.append(a)
+            continue
+        if tag == TAG_BOOL:
+            body.append(f"    x{i} = BOOL.get({a})")
+            body.append(f"    if x{i} is None:\n        return None")
+            vals.append(f"x{i}")
+            continue
+        b = f"b{i}"
+        body.append(f"    if {a} < 0:\n        return None")
+        body.append(f"    s{i} = {a}")
+        if tag == TAG_NDARRAY:
+            body.append(f"    x{i} = ARRAY(mv, buf, off, {fixed} + s{i}, {ndim}, {meta_len}, {b}, total)")
+            body.append(f"    if x{i} is None:\n        return None")
+            vals.append(f"x{i}")
+            continue
+        body.append(f"    s{i} += {fixed}")
+        body.append(f"    e{i} = s{i} + {b}")
+        body.append(f"    if e{i} > total:\n        return None")
+        if tag == TAG_BYTES:
+            vals.append(f"mv[off + s{i} : off + e{i}].tobytes()")
+        else:
+            vals.append(f"str(mv[off + s{i} : off + e{i}], 'utf-8')")
+    items = ", ".join(f"K{i}: {v}" for i, v in enumerate(vals))
+    body.append(f"    return {{{items}}}")
+    namespace: dict[str, Any] = dict(f.consts)
+    namespace.update({f"K{i}": k for i, k in enumerate(keys)})
+    namespace.update(S=struct.Struct(fmt), BOOL=_BOOL_WORDS, ARRAY=_fast_array)
+    source = "def decode(mv, buf, off, length):\n" + "\n".join(body) + "\n"
+    dec = _compile(source, "decode", namespace)
+    dec.has_arrays = any(tag == TAG_NDARRAY for tag, _d, _k, _m in heads)
+    return dec
+
+
+def _learn_decoder(n: int, e: tuple, keys_raw: bytes) -> None:
+    """Count a shape the general decoder just read; compile its decoder when due."""
+    if len(_dec_by_shape) >= MAX_FAST_SHAPES or not 0 < n <= MAX_FAST_FIELDS:
+        return
+    heads = tuple(zip(e[0::6], e[1::6], e[2::6], e[3::6]))
+    shape = (n, heads, keys_raw)
+    if shape in _dec_by_shape:
+        return
+    seen = _dec_seen.get(shape, 0) + 1
+    if seen < FAST_AFTER:
+        if len(_dec_seen) > 16 * MAX_FAST_SHAPES:
+            _dec_seen.clear()
+        _dec_seen[shape] = seen
+        return
+    _dec_seen.pop(shape, None)
+    dec = _build_decoder(n, heads, keys_raw)
+    if dec is None:
+        return
+    _dec_by_shape[shape] = dec
+    head = MAGIC | (VERSION << 32) | (n << 48)
+    _dec_by_head.setdefault(head, []).append(dec)
+    _dec_last[0] = dec
+
+
+def _forget_shapes() -> None:
+    """Drop every learnt shape (tests)."""
+    for table in (_enc_by_keys, _enc_by_shape, _enc_seen, _dec_by_head, _dec_by_shape, _dec_seen):
+        table.clear()
+    _dec_last[0] = None
+
+
+def _decode_fast(mv: memoryview, buf: Any, off: int, length: int) -> dict | None:
+    """Decode with a specialised decoder (the last one that matched first), or None."""
+    dec = _dec_last[0]
+    if dec is not None:
+        try:
+            out = dec(mv, buf, off, length)
+        except Exception:  # noqa: BLE001 - the general path decides (and names the error)
+            out = None
+        if out is not None:
+            return out
+    if length < 8:
+        return None
+    for other in _dec_by_head.get(_HEAD_WORD.unpack_from(mv, off)[0], ()):
+        if other is dec:
+            continue
+        try:
+            out = other(mv, buf, off, length)
+        except Exception:  # noqa: BLE001 - as above
+            continue
+        if out is not None:
+            _dec_last[0] = other
+            return out
+    return None
+
+
+def decode_detached(mv: memoryview, offset: int, length: int) -> dict | None:
+    """Decode in place when the result holds no views of ``mv`` (no ndarray field).
+
+    For a large message in shared memory that is about to be freed: its ``bytes`` and
+    ``str`` values are copied out once, with no private copy of the whole encoding
+    first. Only shapes with a specialised decoder qualify.
+
+    Parameters
+    ----------
+    mv : memoryview
+        1-D byte view holding the encoding at ``offset``.
+    offset, length : int
+        Where the encoding starts and how many bytes it may use.
+
+    Returns
+    -------
+    dict or None
+        The FlatDict, or None (the caller copies the encoding out and uses
+        :func:`decode`): no array-free specialised decoder matched.
+    """
+    if length < 8:
+        return None
+    for dec in _dec_by_head.get(_HEAD_WORD.unpack_from(mv, offset)[0], ()):
+        if dec.has_arrays:
+            continue
+        try:
+            out = dec(mv, None, offset, length)
+        except Exception:  # noqa: BLE001 - the caller's general path decides
+            continue
+        if out is not None:
+            return out
+    return None
+
+
+def decode_many(buf: np.ndarray, offsets: list, lengths: list) -> list:
+    """Decode ``len(offsets)`` encodings laid out in one ``uint8`` buffer.
+
+    Parameters
+    ----------
+    buf : numpy.ndarray
+        1-D C-contiguous ``uint8`` array; arrays in the results are views of it.
+    offsets, lengths : list of int
+        Where each encoding starts (8-aligned) and how many bytes it may use.
+
+    Returns
+    -------
+    list of dict
+        The FlatDicts, in order.
+
+    Raises
+    ------
+    MsgDeserializeError
+        If any of them does not decode (decode them one by one to skip it).
+    """
+    mv = memoryview(buf)
+    out = []
+    append = out.append
+    dec = _dec_last[0]
+    for off, ln in zip(offsets, lengths):
+        got = None
+        if dec is not None:
+            try:
+                got = dec(mv, buf, off, ln)
+            except Exception:  # noqa: BLE001 - the general path decides
+                got = None
+        if got is None:
+            got = _decode_fast(mv, buf, off, ln)
+            if got is None:
+                got = decode(buf[off : off + ln])
+            dec = _dec_last[0]
+        append(got)
     return out
