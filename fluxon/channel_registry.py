@@ -138,6 +138,16 @@ class MemberRecord:
         return orjson.dumps(asdict(self))
 
 
+def _etcd_error(doing: str, exc: EtcdError) -> EtcdError:
+    """``exc`` again, its message prefixed with what the registry was doing."""
+    return EtcdError(
+        f"{doing}: {exc.message}",
+        transport=exc.transport,
+        transport_user=exc.transport_user,
+        component="etcd",
+    )
+
+
 class ChannelRegistry:
     """Channel bookkeeping of one cluster in etcd.
 
@@ -279,9 +289,12 @@ class ChannelRegistry:
         ------
         ChanCreateError
             The channel had to be created and could not be (no capacity given, pool
-            full, etcd failure while creating).
+            full).
         ChanBindError
-            The key kept changing under us, or etcd failed while binding.
+            The key kept changing under us.
+        EtcdError
+            etcd failed or did not answer in time (each call is bounded by the
+            session's timeout); the message names the unique key and the operation.
         """
         ukey = self.unique_key(unique_id)
         for _attempt in range(MAX_BIND_ATTEMPTS):
@@ -293,9 +306,7 @@ class ChannelRegistry:
                     self._drop_stale(unique_id, mapping, desc)
                     continue
             except EtcdError as exc:
-                raise ChanBindError(
-                    f"binding unique key {unique_id!r}: etcd failed: {exc.message}"
-                ) from exc
+                raise _etcd_error(f"binding unique key {unique_id!r}", exc) from exc
             if capacity is None:
                 raise ChanCreateError(
                     f"no channel is registered under unique key {unique_id!r}, and chan_config "
@@ -327,9 +338,7 @@ class ChannelRegistry:
             chan_id = self.new_chan_id()
             lease = session.grant_lease(ttl_seconds)
         except EtcdError as exc:
-            raise ChanCreateError(
-                f"creating the channel of unique key {unique_id!r}: etcd failed: {exc.message}"
-            ) from exc
+            raise _etcd_error(f"creating the channel of unique key {unique_id!r}", exc) from exc
         lease_id = int(getattr(lease, "id", lease))
         c = int(
             kchan.chan_create(
@@ -379,9 +388,7 @@ class ChannelRegistry:
             # lease and the next binder sees a stale mapping (entry no longer active).
             kchan.chan_destroy(pool.b, pool.w, c)
             self._revoke_quietly(lease_id)
-            raise ChanCreateError(
-                f"publishing the channel of unique key {unique_id!r}: etcd failed: {exc.message}"
-            ) from exc
+            raise _etcd_error(f"publishing the channel of unique key {unique_id!r}", exc) from exc
         if won:
             _log.debug(
                 "created %s channel %d (entry %d, capacity %d, ttl %d s) for unique key %r",

@@ -41,6 +41,9 @@ _GRPC_OPTIONS = [
     ("grpc.enable_http_proxy", 0),
 ]
 
+#: How often a call refused by every endpoint's back-off looks again.
+_BACKOFF_POLL_S = 0.05
+
 # etcd3 exception -> what went wrong, for the message of EtcdError.
 _FAILURE_TEXT: dict[type, str] = {
     etcd3_exc.ConnectionFailedError: "etcd unreachable (connection failed)",
@@ -92,7 +95,10 @@ class KeepaliveHandle:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                ttl = self.session.refresh_lease(self.lease_id, timeout=min(self.interval, 3.0))
+                # A refresh may take a while on a loaded machine; timing out marks the
+                # session's endpoint failed for a moment, so do not give up too early.
+                timeout = min(max(self.interval, 2.0), self.session.timeout)
+                ttl = self.session.refresh_lease(self.lease_id, timeout=timeout)
             except EtcdError as exc:
                 if self._stop.is_set():
                     return
@@ -173,14 +179,35 @@ class EtcdSession:
         return ",".join(self.addresses)
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
-        """Run one etcd call; translate every failure into EtcdError."""
+        """Run one etcd call; translate every failure into EtcdError.
+
+        After a failed call the ``etcd3`` client refuses every endpoint that failed for
+        a short back-off (``time_retry``) without sending anything. A call that meets
+        only refusals waits for the back-off to end and tries again, until its own
+        deadline: one slow call (a keepalive timing out under load, say) must not fail
+        every other user of the session at once. Calls that were sent are never
+        repeated here (their outcome is unknown).
+        """
         if self._closed:
             raise EtcdError(f"etcd {operation} at {self.address_text}: session is closed")
+        deadline = time.monotonic() + self.timeout
         attempts = len(self.addresses)
         last: BaseException | None = None
-        for _ in range(attempts):
+        text = ""
+        while True:
             try:
                 return fn()
+            except (etcd3_exc.NoServerAvailableError, ValueError) as exc:
+                last = exc
+                if isinstance(exc, ValueError) and "failed node" not in str(exc):
+                    text = f"unexpected reply ({exc})"
+                    break
+                # Nothing was sent: every endpoint is in its back-off. Wait it out.
+                text = "no etcd endpoint available"
+                if time.monotonic() + _BACKOFF_POLL_S >= deadline:
+                    break
+                time.sleep(_BACKOFF_POLL_S)
+                continue
             except tuple(_FAILURE_TEXT) as exc:
                 last = exc
                 text = _FAILURE_TEXT[type(exc)]
@@ -192,12 +219,12 @@ class EtcdSession:
                 details = exc.details() if hasattr(exc, "details") else ""
                 text = f"gRPC {getattr(code, 'name', code)}: {details}"
                 break
-            except ValueError as exc:  # etcd3: "Trying to use a failed node"
-                last = exc
-                text = f"no etcd endpoint available ({exc})"
             except etcd3_exc.Etcd3Exception as exc:
                 last = exc
                 text = f"{type(exc).__name__}: {exc}"
+                break
+            attempts -= 1
+            if attempts <= 0:
                 break
         raise EtcdError(
             f"etcd {operation} failed at {self.address_text}: {text} (timeout {self.timeout:g} s)",

@@ -117,7 +117,7 @@ class KvFuture:
 def _key_bytes(key: Any) -> np.ndarray:
     if not isinstance(key, str):
         raise InvalidArgumentError(f"key must be a str, got {type(key).__name__}")
-    raw = key.encode("utf-8")
+    raw = _utf8(key, "key")
     if not raw:
         raise InvalidArgumentError("key must not be empty")
     if len(raw) > KEY_MAX:
@@ -125,6 +125,15 @@ def _key_bytes(key: Any) -> np.ndarray:
             f"key is {len(raw)} bytes in UTF-8; at most {KEY_MAX} are allowed"
         )
     return np.frombuffer(raw, dtype=np.uint8).copy()  # writable: one kernel specialisation
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            f"{what} is not valid UTF-8 text ({exc.reason} at position {exc.start})"
+        ) from None
 
 
 def _result_of(fn: Callable[[], Any]) -> Result:
@@ -158,13 +167,41 @@ def _read_shared_json(cfg: FluxonKvClientConfig) -> dict:
             config_value=cfg.cluster_name,
         )
     pid, start = data.get("owner_pid"), data.get("owner_start_time")
-    if not isinstance(pid, int) or not is_process_alive(pid, start if isinstance(start, int) else None):
+    if not _is_int(pid) or not (start is None or _is_int(start)):
+        raise InternalError(
+            f"{path}: owner_pid/owner_start_time must be integers, got {pid!r}/{start!r}",
+            component="shared.json",
+        )
+    if not is_process_alive(pid, start):
         raise InternalError(
             f"the owner of cluster {cfg.cluster_name!r} (pid {pid}) is not running; "
             "restart it, then attach again",
             component="owner",
         )
-    return data
+    addresses = data.get("etcd_addresses")
+    if isinstance(addresses, str):
+        addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+    if (
+        not isinstance(addresses, list)
+        or not addresses
+        or not all(isinstance(a, str) and a.strip() for a in addresses)
+    ):
+        raise InternalError(
+            f"{path}: etcd_addresses must be a non-empty list of 'host:port' strings, "
+            f"got {data.get('etcd_addresses')!r}",
+            component="shared.json",
+        )
+    owner_id = data.get("owner_id")
+    if not isinstance(owner_id, str) or not owner_id:
+        raise InternalError(
+            f"{path}: owner_id must be a non-empty string, got {owner_id!r}",
+            component="shared.json",
+        )
+    return dict(data, etcd_addresses=addresses)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class KvClient:
@@ -181,10 +218,14 @@ class KvClient:
         self._max_value = pool.max_value_bytes()
         self._lock = threading.Lock()
         self._closed = False
+        #: True while the owner is not usable (read on every put/get by the handles).
         self._owner_lost = False
+        #: Why (``"dead"``: may come back by adoption; ``"closing"``/``"replaced"``: final).
+        self._owner_problem = ""
         self._children: list = []
         self._etcd = None
         self._lease = None
+        self._member_record: dict = {}
         self._stop = threading.Event()
         self._watchdog = threading.Thread(
             target=self._watch_owner, name=f"fluxon-kv-{cfg.instance_key}", daemon=True
@@ -224,11 +265,66 @@ class KvClient:
                         config_value=self._cfg.instance_key,
                     )
                 session.put(key, orjson.dumps(record), lease=lease)
-            session.keepalive(lease, MEMBER_LEASE_TTL_S / 3)
+            session.keepalive(
+                lease,
+                MEMBER_LEASE_TTL_S / 3,
+                on_lost=self._on_member_lease_lost,
+                name=f"fluxon-kv-{self._cfg.instance_key}-lease",
+            )
         except BaseException:
             session.close()
             raise
         self._etcd, self._lease = session, lease
+        self._member_record = record
+
+    def _on_member_lease_lost(self, _lease_id: int) -> None:
+        """The member lease expired (etcd unreachable for a whole TTL): register again.
+
+        Runs on the keepalive thread, which stops after this call.
+        """
+        session = self._etcd
+        if self._closed or session is None:
+            return
+        key = naming.member_key(self._cfg.cluster_name, self._cfg.instance_key)
+        try:
+            lease = session.grant_lease(MEMBER_LEASE_TTL_S)
+            if not session.put_if_absent(key, orjson.dumps(self._member_record), lease=lease):
+                previous = session.get(key)
+                if not (self._own_record(previous) or self._stale_member(previous)):
+                    session.revoke(lease)
+                    _log.error(
+                        "member lease of %r expired and a live process took the instance key",
+                        self._cfg.instance_key,
+                    )
+                    return
+                session.put(key, orjson.dumps(self._member_record), lease=lease)
+            self._lease = lease
+            if self._closed:
+                return
+            session.keepalive(
+                lease,
+                MEMBER_LEASE_TTL_S / 3,
+                on_lost=self._on_member_lease_lost,
+                name=f"fluxon-kv-{self._cfg.instance_key}-lease",
+            )
+        except ApiError as exc:
+            _log.error(
+                "member lease of %r expired; registering again failed: %s",
+                self._cfg.instance_key,
+                exc,
+            )
+            return
+        _log.warning(
+            "member %r registered again in etcd after its lease expired", self._cfg.instance_key
+        )
+
+    @staticmethod
+    def _own_record(previous: Any) -> bool:
+        try:
+            rec = orjson.loads(previous) if previous is not None else None
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(rec, dict) and rec.get("pid") == os.getpid()
 
     def _stale_member(self, previous: Any) -> bool:
         """A member record left by a dead process of this node may be taken over."""
@@ -237,6 +333,8 @@ class KvClient:
         try:
             rec = orjson.loads(previous)
         except orjson.JSONDecodeError:
+            return True
+        if not isinstance(rec, dict):
             return True
         if rec.get("owner_id") != self._shared.get("owner_id"):
             return False
@@ -249,15 +347,56 @@ class KvClient:
             if pool.closed:
                 return
             pool.member_heartbeat(self._slot)
-            if not pool.owner_alive():
-                if not self._owner_lost:
-                    _log.error(
-                        "owner of cluster %s (pid %s) is gone; calls now fail until a new "
-                        "store is created",
-                        self._cfg.cluster_name,
-                        pool.owner_pid,
-                    )
-                self._owner_lost = True
+            self._check_owner(pool)
+
+    def _check_owner(self, pool: Pool) -> None:
+        """One watchdog check: is the owner recorded in the pool header usable?
+
+        ``closing`` (clean stop) and ``replaced`` (the pool file was removed or
+        recreated) are final: this store can never reach the others again. ``dead``
+        (the owner was killed) lasts until a restarted owner adopts the pool and
+        records its pid in the header; calls then work again with the same handles.
+        """
+        if self._owner_problem in ("closing", "replaced"):
+            return
+        state = pool.owner_state()
+        if state == "alive" and not pool.is_current():
+            state = "replaced"
+        if state == "alive":
+            if self._owner_lost:
+                _log.warning(
+                    "owner of cluster %s is back (pid %s adopted the pool); calls work again",
+                    self._cfg.cluster_name,
+                    pool.owner_pid,
+                )
+                self._owner_problem = ""
+                self._owner_lost = False
+            return
+        if state == "dead" and not pool.is_current():
+            state = "replaced"
+        if state != self._owner_problem:
+            if state == "dead":
+                _log.error(
+                    "owner of cluster %s (pid %s) is not running; calls fail until it is "
+                    "restarted (it adopts the pool and calls work again) or a new store is "
+                    "created",
+                    self._cfg.cluster_name,
+                    pool.owner_pid,
+                )
+            else:
+                _log.error(
+                    "owner of cluster %s %s the pool; calls now fail: create a new store",
+                    self._cfg.cluster_name,
+                    "is stopping and removes" if state == "closing" else "removed or replaced",
+                )
+        self._owner_problem = state
+        self._owner_lost = True
+
+    def owner_problem(self) -> str:
+        """``""`` when the owner is usable, else ``"dead"`` (may come back: a restarted
+        owner adopts the pool), ``"closing"`` or ``"replaced"`` (final: create a new
+        store)."""
+        return self._owner_problem
 
     def register_child_close(self, close: Callable[[], Any]) -> None:
         """Remember a handle's ``close`` so :meth:`close` closes leftovers first."""
@@ -298,10 +437,22 @@ class KvClient:
         if self._closed:
             raise GeneralError("the store is closed")
         if self._owner_lost:
-            raise InternalError(
-                f"the owner of cluster {self._cfg.cluster_name!r} is gone; create a new store",
-                component="owner",
+            raise self.owner_error()
+
+    def owner_error(self) -> InternalError:
+        """The error of a call made while the owner is unusable (see :meth:`owner_problem`)."""
+        if self._owner_problem == "dead":
+            text = (
+                f"the owner of cluster {self._cfg.cluster_name!r} (pid {self._pool.owner_pid}) "
+                "is not running; retry once it is restarted (it adopts the pool and this "
+                "store works again), or create a new store"
             )
+        else:
+            text = (
+                f"the owner of cluster {self._cfg.cluster_name!r} is gone and its pool was "
+                "removed; create a new store"
+            )
+        return InternalError(text, component="owner")
 
     def _put(self, key: Any, value: Any, opts: PutOptionalArgs | None) -> None:
         self._check_open()
@@ -424,7 +575,7 @@ class KvClient:
             self._check_open()
             if not isinstance(prefix, str):
                 raise InvalidArgumentError(f"prefix must be a str, got {type(prefix).__name__}")
-            raw = np.frombuffer(prefix.encode("utf-8"), dtype=np.uint8).copy()
+            raw = np.frombuffer(_utf8(prefix, "prefix"), dtype=np.uint8).copy()
             return int(kkv.kv_count_prefix(self._b, self._w, raw))
 
         return _result_of(run)

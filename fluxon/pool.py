@@ -1,14 +1,21 @@
-"""The shared-memory pool: creation (owner), attachment (clients), member table.
+"""The shared-memory pool: creation and adoption (owner), attachment (clients), member table.
 
-Only the owner creates and unlinks the pool file; clients attach and close. Every
-process maps the whole file ``MAP_SHARED`` and views it twice: ``b`` (uint8) for
+Only the owner creates, adopts and unlinks the pool file; clients attach and close.
+Every process maps the whole file ``MAP_SHARED`` and views it twice: ``b`` (uint8) for
 payload bytes and ``w`` (int64) for words the kernels update atomically.
+
+A restarted owner *adopts* the pool its killed predecessor left (:meth:`Pool.adopt`):
+same cluster, layout version, size and owner instance key, and a region table and
+tables that pass :func:`find_corruption`. It records its own pid in the header, so
+attached clients see a live owner again and carry on; members that died meanwhile
+are reaped by its first pass. A pool that fails those checks is not adopted.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import stat
 import time
 from dataclasses import dataclass
 
@@ -20,12 +27,15 @@ from fluxon_kernels import heap as kheap
 from fluxon_kernels import kv as kkv
 from fluxon_kernels import pool as kpool
 from fluxon_kernels import status
+from fluxon_kernels.layout import channel as cl
+from fluxon_kernels.layout import kv_bucket as kb
 from fluxon_kernels.layout import member as ml
 from fluxon_kernels.layout import pool_header as ph
+from fluxon_kernels.layout.heap import CHAN_TAG_BASE, KV_TAG_BASE, REF_LEN_BITS, REF_LEN_MASK
 from fluxon_kernels.layout.sizing import MIN_POOL_BYTES, compute_layout
 
 from . import naming
-from .api_error import InternalError, InvalidConfigurationError, StorageFullError
+from .api_error import ApiError, InternalError, InvalidConfigurationError, StorageFullError
 from .procinfo import is_process_alive, process_start_time
 
 
@@ -71,6 +81,19 @@ class MemberInfo:
         }
 
 
+class PoolNotAdoptable(InternalError):
+    """An existing pool file that a starting owner must not adopt.
+
+    ``holds_data`` describes what a *valid* pool still holds (live members, channels,
+    KV keys; empty when idle or when the file is not a usable pool at all), so the
+    owner can refuse to replace a pool that other processes still rely on.
+    """
+
+    def __init__(self, message: str, holds_data: str = "") -> None:
+        super().__init__(message, component="pool")
+        self.holds_data = holds_data
+
+
 def _encode_str(value: str, limit: int, what: str) -> bytes:
     raw = value.encode("utf-8")
     if len(raw) > limit:
@@ -89,7 +112,13 @@ class Pool:
         self._mm = mm
         self.is_creator = is_creator
         self.b = np.frombuffer(mm, dtype=np.uint8)
-        self.w = self.b.view(np.int64)
+        # A pool size need not be a multiple of 8 (a config may say "20000001"); the
+        # word view stops at the last whole word.
+        self.w = self.b[: self.b.shape[0] // 8 * 8].view(np.int64)
+        st = os.fstat(fd)
+        #: ``(st_dev, st_ino)`` of the mapped file: a different file at :attr:`path`
+        #: means the pool was removed or replaced (see :meth:`is_current`).
+        self.ident = (st.st_dev, st.st_ino)
         self._closed = False
 
     # ----------------------------------------------------------- creation
@@ -180,10 +209,153 @@ class Pool:
         kchan.chan_repair_dead(self.b, self.w, never)
         kheap.heap_reclaim_tag(self.w, never)
         kheap.heap_free_units(self.w)
+        self.done_shortfalls()
+        kchan.chan_heal_done(self.w, 0, 0, -1)  # -1: never a value to heal from
+
+    @classmethod
+    def adopt(
+        cls,
+        share_mem_path: str,
+        cluster_name: str,
+        owner_id: str,
+        size_bytes: int,
+        mode: int = 0o600,
+    ) -> "Pool":
+        """Take over the pool a dead owner left behind (owner only, under the dir lock).
+
+        The file must be a ready pool of this cluster and layout version, of exactly
+        ``size_bytes``, created by the same owner instance key, with a consistent
+        region table and tables (:func:`find_corruption`). Clients may still be
+        attached and working: nothing they rely on is changed. The header gets this
+        process's pid and start time (attached clients see a live owner again) and
+        the closing mark is cleared; members that died meanwhile are left for the
+        owner's first reaping pass.
+
+        Parameters
+        ----------
+        share_mem_path, cluster_name : str
+            Where the pool lives.
+        owner_id : str
+            This owner's instance key (must match the header's).
+        size_bytes : int
+            This owner's DRAM contribution (must match the file's size).
+        mode : int
+            File mode to enforce on the adopted file.
+
+        Returns
+        -------
+        Pool
+            The mapped pool, owned by this process.
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no pool file (create one).
+        PoolNotAdoptable
+            If the file is not a usable pool (``holds_data`` empty) or is a valid pool
+            of another size or owner instance key (``holds_data`` says whether it
+            still holds anything).
+        """
+        path = naming.pool_file(share_mem_path, cluster_name)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise PoolNotAdoptable(f"{path} is not a regular file")
+            size = info.st_size
+            if size < MIN_POOL_BYTES:
+                raise PoolNotAdoptable(f"{path} is truncated ({size} bytes)")
+            mm = mmap.mmap(fd, size, _MAP_FLAGS, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        pool = cls(path, fd, mm, is_creator=True)
+        try:
+            try:
+                pool._check_header(cluster_name, size, 0.0)
+            except ApiError as exc:
+                raise PoolNotAdoptable(exc.message) from None
+            problem = pool.find_lasting_corruption()
+            if problem is not None:
+                raise PoolNotAdoptable(f"pool {path} is corrupt: {problem}")
+            mismatch = []
+            if size != size_bytes:
+                mismatch.append(
+                    f"it has {size} bytes but this owner contributes {size_bytes} "
+                    "(contribute_to_cluster_pool_size.dram)"
+                )
+            if pool.owner_id != owner_id:
+                mismatch.append(
+                    f"it was created by owner {pool.owner_id!r}, not {owner_id!r} (instance_key)"
+                )
+            if mismatch:
+                raise PoolNotAdoptable(
+                    f"pool {path} cannot be adopted: " + "; ".join(mismatch),
+                    holds_data=pool.contents_summary(),
+                )
+            os.fchmod(fd, mode)
+            pid = os.getpid()
+            # SYNC POINT: clients read OWNER_PID then OWNER_START (owner_state); a torn
+            # pair reads as "owner down" for one watchdog tick, never as a wrong owner.
+            pool.w[ph.W_OWNER_START] = process_start_time(pid) or 0
+            pool.w[ph.W_OWNER_PID] = pid
+            pool.w[ph.W_OWNER_HEARTBEAT_NS] = time.monotonic_ns()
+            pool.w[ph.W_CLOSING] = 0
+            pool._warm_up_repair_kernels()
+        except BaseException:
+            pool.close()
+            raise
+        return pool
+
+    def find_lasting_corruption(self, checks: int = 3, pause_s: float = 0.05) -> str | None:
+        """:func:`find_corruption`, confirmed: the same problem seen ``checks`` times.
+
+        Processes working on the pool meanwhile can make one reading look
+        inconsistent (a word read while another process rewrites its neighbours); a
+        real corruption stays put, a moving snapshot does not.
+        """
+        problem = find_corruption(self)
+        for _ in range(checks - 1):
+            if problem is None:
+                return None
+            time.sleep(pause_s)
+            again = find_corruption(self)
+            if again != problem:
+                return None
+        return problem
+
+    def contents_summary(self) -> str:
+        """What the pool holds that a replacement would lose ("" when idle).
+
+        Counts members whose process is alive, active channels and KV keys.
+        """
+        live = [m for m in self.members() if is_process_alive(m.pid, m.start_time or None)]
+        w = self.w
+        chan_base = int(w[ph.W_CHAN_OFF]) // 8
+        chan_stride = int(w[ph.W_CHAN_STRIDE]) // 8
+        states = w[chan_base + cl.C_STATE :: chan_stride][: int(w[ph.W_CHAN_COUNT])]
+        channels = int(np.count_nonzero(states == cl.CHAN_ACTIVE))
+        kv_base = int(w[ph.W_KV_OFF]) // 8
+        kv_stride = int(w[ph.W_KV_STRIDE]) // 8
+        kv_states = w[kv_base + kb.B_STATE :: kv_stride][: int(w[ph.W_KV_BUCKETS])]
+        keys = int(np.count_nonzero(kv_states == kb.STATE_FULL))
+        parts = []
+        if live:
+            pids = ", ".join(str(m.pid) for m in live[:8])
+            parts.append(f"{len(live)} live client(s) (pids {pids})")
+        if channels:
+            parts.append(f"{channels} channel(s)")
+        if keys:
+            parts.append(f"{keys} KV key(s)")
+        return ", ".join(parts)
 
     @classmethod
     def attach(cls, share_mem_path: str, cluster_name: str, wait_ready_s: float = 2.0) -> "Pool":
         """Map an existing pool (client side) and check it belongs to this cluster and layout.
+
+        The header must be ready and of this cluster and layout version, and the
+        tables must pass :func:`find_corruption` (a corrupt pool is refused here rather
+        than crashing a kernel later).
 
         Parameters
         ----------
@@ -224,6 +396,13 @@ class Pool:
         pool = cls(path, fd, mm, is_creator=False)
         try:
             pool._check_header(cluster_name, size, wait_ready_s)
+            problem = pool.find_lasting_corruption()
+            if problem is not None:
+                raise InternalError(
+                    f"pool {path} is corrupt: {problem}; restart its owner (it replaces a "
+                    "corrupt pool)",
+                    component="pool",
+                )
         except BaseException:
             pool.close()
             raise
@@ -299,6 +478,28 @@ class Pool:
         if self.w[ph.W_CLOSING]:
             return False
         return is_process_alive(self.owner_pid, int(self.w[ph.W_OWNER_START]))
+
+    def owner_state(self) -> str:
+        """``"alive"``, ``"closing"`` (the owner is stopping: the pool goes away) or
+        ``"dead"`` (the owner process recorded in the header is gone; a restarted
+        owner may adopt the pool and record itself)."""
+        if self.w[ph.W_CLOSING]:
+            return "closing"
+        pid = int(self.w[ph.W_OWNER_PID])
+        start = int(self.w[ph.W_OWNER_START])
+        return "alive" if is_process_alive(pid, start or None) else "dead"
+
+    def is_current(self) -> bool:
+        """Whether :attr:`path` still names the file this process has mapped.
+
+        False once the owner removed the pool (clean stop) or replaced it with a new
+        file: this mapping then no longer reaches anyone else.
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self.ident
 
     def heap_bytes(self) -> int:
         """Total bytes of the payload heap."""
@@ -406,6 +607,32 @@ class Pool:
             reaped.append(info)
         return reaped
 
+    def done_shortfalls(self) -> dict[tuple[int, int], int]:
+        """Owner: retired producer entries whose delivered count lags (see
+        :func:`fluxon_kernels.channel.chan_done_shortfall`).
+
+        Returns
+        -------
+        dict
+            ``{(channel entry, producer entry): DONE value seen}``.
+        """
+        w = self.w
+        base = int(w[ph.W_CHAN_OFF]) // 8
+        stride = int(w[ph.W_CHAN_STRIDE]) // 8
+        states = w[base + cl.C_STATE :: stride][: int(w[ph.W_CHAN_COUNT])]
+        out = np.zeros(cl.MAX_PRODUCERS, dtype=np.int64)
+        found = {}
+        for c in np.flatnonzero(states == cl.CHAN_ACTIVE):
+            if kchan.chan_done_shortfall(self.b, w, int(c), out) > 0:
+                for e in np.flatnonzero(out >= 0):
+                    found[(int(c), int(e))] = int(out[e])
+        return found
+
+    def heal_done(self, c: int, e: int, seen_done: int) -> bool:
+        """Owner: set a lagging delivered count right (seen twice by
+        :meth:`done_shortfalls` with the same value)."""
+        return bool(kchan.chan_heal_done(self.w, c, e, seen_done))
+
     # ----------------------------------------------------------- lifetime
     def close(self) -> None:
         """Unmap the pool (idempotent). Clients never unlink."""
@@ -435,3 +662,146 @@ class Pool:
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
         return self._closed
+
+
+# --------------------------------------------------------------------------- adoption checks
+def _refs_out_of_heap(refs: np.ndarray, heap_units: int, unit: int) -> np.ndarray:
+    """Mask of nonzero block references that do not describe a block inside the heap."""
+    nbytes = refs & REF_LEN_MASK
+    start = refs >> REF_LEN_BITS
+    units = (nbytes + unit - 1) // unit
+    bad = (refs < 0) | (nbytes <= 0) | (start < 0) | (start + units > heap_units)
+    return (refs != 0) & bad
+
+
+def find_corruption(pool: Pool) -> str | None:
+    """First inconsistency that would send an owner's repair kernels out of bounds.
+
+    Run by :meth:`Pool.adopt` before the new owner runs any repair kernel over a pool
+    it did not create. Attached clients may be working meanwhile, so only invariants
+    that hold in every state a live process can leave (or be killed in) are checked:
+    every heap tag names a member, a KV bucket or a channel; KV buckets have a lock
+    tag, state, key length and block reference in range; channel entries have a
+    valid state and, when active, a capacity, type, slot block and producer rings in
+    range, producer/consumer states that name members, and slots whose kind, tag,
+    producer index and block reference are in range. (An active entry whose
+    capacity is 0 is being destroyed and is skipped.)
+
+    Parameters
+    ----------
+    pool : Pool
+        A pool whose header passed the attach checks.
+
+    Returns
+    -------
+    str or None
+        What is wrong, or None.
+    """
+    w = pool.w
+    members = int(w[ph.W_MEMBER_COUNT])
+    heap_units = int(w[ph.W_HEAP_UNITS])
+    unit = int(w[ph.W_UNIT_SIZE])
+    buckets = int(w[ph.W_KV_BUCKETS])
+    chan_count = int(w[ph.W_CHAN_COUNT])
+
+    # Heap tags.
+    table = int(w[ph.W_HEAP_TABLE_OFF]) // 8
+    tags = w[table : table + heap_units]
+    ok = (tags >= 0) & (tags <= members)
+    ok |= (tags >= KV_TAG_BASE) & (tags < KV_TAG_BASE + buckets)
+    ok |= (tags >= CHAN_TAG_BASE) & (tags < CHAN_TAG_BASE + chan_count)
+    if not ok.all():
+        i = int(np.argmin(ok))
+        return f"heap unit {i} carries the unknown tag {int(tags[i])}"
+
+    # Member table.
+    mbase = int(w[ph.W_MEMBER_OFF]) // 8
+    mstride = int(w[ph.W_MEMBER_STRIDE]) // 8
+    mwords = w[mbase : mbase + members * mstride].reshape(members, mstride)
+    if (mwords[:, ml.M_STATE] < 0).any() or (mwords[:, ml.M_STATE] > 1 << 32).any():
+        return "a member slot holds an impossible pid"
+
+    # KV buckets.
+    kbase = int(w[ph.W_KV_OFF]) // 8
+    kstride = int(w[ph.W_KV_STRIDE]) // 8
+    kwords = w[kbase : kbase + buckets * kstride].reshape(buckets, kstride)
+    lock = kwords[:, kb.B_LOCK]
+    if ((lock < 0) | (lock > members)).any():
+        return "a KV bucket is locked by an unknown tag"
+    if ((kwords[:, kb.B_STATE] < 0) | (kwords[:, kb.B_STATE] > kb.STATE_TOMBSTONE)).any():
+        return "a KV bucket has an unknown state"
+    if ((kwords[:, kb.B_KEY_LEN] < 0) | (kwords[:, kb.B_KEY_LEN] > kb.KEY_MAX)).any():
+        return "a KV bucket has an impossible key length"
+    if _refs_out_of_heap(kwords[:, kb.B_REF], heap_units, unit).any():
+        return "a KV bucket points outside the heap"
+
+    # Channel table.
+    cbase = int(w[ph.W_CHAN_OFF]) // 8
+    cstride = int(w[ph.W_CHAN_STRIDE]) // 8
+    heap_off = int(w[ph.W_HEAP_OFF])
+    pool_words = w.shape[0]
+    for c in range(chan_count):
+        cw = cbase + c * cstride
+        state = int(w[cw + cl.C_STATE])
+        if state == cl.CHAN_FREE:
+            continue
+        if state & 0xFF == cl.CHAN_CREATING:
+            if not 0 <= state >> 8 <= members:
+                return f"channel entry {c} is being created by an unknown tag"
+            continue
+        if state != cl.CHAN_ACTIVE:
+            return f"channel entry {c} has the unknown state {state}"
+        cap = int(w[cw + cl.C_CAPACITY])
+        if cap == 0:
+            continue  # being destroyed
+        if not 1 <= cap <= cl.MAX_CAPACITY:
+            return f"channel entry {c} has the impossible capacity {cap}"
+        if int(w[cw + cl.C_TYPE]) not in (cl.TYPE_MPMC, cl.TYPE_MPSC):
+            return f"channel entry {c} has an unknown type"
+        slots_ref = np.array([w[cw + cl.C_SLOTS_REF]], dtype=np.int64)
+        if slots_ref[0] == 0 or _refs_out_of_heap(slots_ref, heap_units, unit).any():
+            return f"channel entry {c} has its slots outside the heap"
+        if int(slots_ref[0] & REF_LEN_MASK) != cap * cl.SLOT_STRIDE:
+            return f"channel entry {c} has a slot block of the wrong size"
+        p0 = cw + cl.PROD_OFF // 8
+        pwords = w[p0 : p0 + cl.MAX_PRODUCERS * cl.PROD_STRIDE // 8]
+        pwords = pwords.reshape(cl.MAX_PRODUCERS, cl.PROD_STRIDE // 8)
+        pst = pwords[:, cl.P_STATE]
+        if ((pst < cl.PROD_RETIRED) | (pst > members)).any():
+            return f"channel entry {c} has a producer of an unknown tag"
+        rings = pwords[:, cl.P_RING_REF]
+        if _refs_out_of_heap(rings, heap_units, unit).any():
+            return f"channel entry {c} has a producer ring outside the heap"
+        if ((rings != 0) & ((rings & REF_LEN_MASK) != cap * 8)).any():
+            return f"channel entry {c} has a producer ring of the wrong size"
+        k0 = cw + cl.CONS_OFF // 8
+        kwords_c = w[k0 : k0 + cl.MAX_CONSUMERS * cl.CONS_STRIDE // 8]
+        kst = kwords_c.reshape(cl.MAX_CONSUMERS, cl.CONS_STRIDE // 8)[:, cl.K_STATE]
+        if ((kst < 0) | (kst > members)).any():
+            return f"channel entry {c} has a consumer of an unknown tag"
+        mpsc = int(w[cw + cl.C_MPSC_CONSUMER])
+        if not 0 <= mpsc <= members:
+            return f"channel entry {c} has an MPSC consumer of an unknown tag"
+        sbyte = heap_off + int(slots_ref[0] >> REF_LEN_BITS) * unit
+        sw = sbyte // 8
+        stride = cl.SLOT_STRIDE // 8
+        if sw + cap * stride > pool_words:
+            return f"channel entry {c} has its slots outside the pool"
+        swords = w[sw : sw + cap * stride].reshape(cap, stride)
+        st = swords[:, cl.S_STATE]
+        kind = st & cl.KIND_MASK
+        tag = (st >> cl.KIND_BITS) & cl.TAG_MASK
+        if ((st < 0) | (kind > cl.KIND_REDELIVER) | (tag > members)).any():
+            return f"channel entry {c} has a slot in an unknown state"
+        prod = swords[:, cl.S_PRODUCER]
+        if ((prod < 0) | (prod >= cl.MAX_PRODUCERS)).any():
+            return f"channel entry {c} has a slot naming an unknown producer"
+        if _refs_out_of_heap(swords[:, cl.S_REF], heap_units, unit).any():
+            return f"channel entry {c} has a slot pointing outside the heap"
+        lens = swords[:, cl.S_LEN]
+        if (lens > REF_LEN_MASK).any() or (lens < -1).any():
+            return f"channel entry {c} has a slot of an impossible length"
+        readable = (kind >= cl.KIND_PUBLISHED) & (swords[:, cl.S_REF] == 0)
+        if (readable & (lens > cl.SLOT_INLINE)).any():
+            return f"channel entry {c} has an inline message longer than a slot"
+    return None

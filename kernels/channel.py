@@ -25,8 +25,12 @@ Layout and state machine: :mod:`.layout.channel`. The design in one paragraph:
   entry whose ring was never recorded goes back to FREE (reusing it would write a ring
   through a null reference).
 * **Known crash window**: a consumer killed between ``STATE = FREE`` and ``DONE += 1``
-  leaves that producer's ``DONE`` one short (backlog off by one, entry never reusable).
-  Two words cannot change atomically and no mark survives ``FREE``.
+  leaves that producer's ``DONE`` one short. Two words cannot change atomically and no
+  mark survives ``FREE``, so the repair cannot see it; instead, once the producer has
+  retired, the owner finds an entry whose every message is delivered but whose
+  ``DONE`` lags (:func:`chan_done_shortfall`), sees the same value again a moment later
+  (a live consumer inside the window would have counted by then) and sets it right
+  (:func:`chan_heal_done`), so the entry becomes reusable and the backlog exact.
 * **Waiting**: ``DATA_SEQ``/``SPACE_SEQ`` are futex words. A waiter increments the
   waiter count, fences, re-checks, then sleeps on the sequence; a publisher/consumer
   fences after its change and bumps the sequence only when a waiter is registered
@@ -619,9 +623,12 @@ def _complete(w, c, cw, s, tag):
     store_release(w, sw + cl.S_REF, 0)
     # SYNC POINT: a producer's cas on a FREE slot (_take_free_slot) sees REF == 0.
     store_release(w, sw + cl.S_STATE, cl.KIND_FREE)
+    # Count right after FREE (the block is ours by now: if we die before freeing it,
+    # the owner reclaims it with our tag), so the window in which a death leaves DONE
+    # one short is two instructions, whatever the payload size.
+    fetch_add(w, _prod_word(cw, e) + cl.P_DONE, 1)
     if ref != 0:
         heap_free(w, ref_start(ref), ref_nbytes(ref), tag)
-    fetch_add(w, _prod_word(cw, e) + cl.P_DONE, 1)
 
 
 @njit(nogil=True, cache=True)
@@ -770,6 +777,8 @@ def _unit_tag(w, unit):
 def _repair_channel(b, w, c, dead):
     cw = chan_word(w, c)
     cap = w[cw + cl.C_CAPACITY]
+    if cap <= 0:
+        return 0  # ACTIVE with its header wiped: a destroy was cut short, nothing to repair
     ctag = chan_tag(c)
     fixed = 0
     # Producers: count a publish the dead producer made visible but did not count.
@@ -867,6 +876,81 @@ def chan_repair_dead(b, w, dead_tag):
         elif st == cl.CHAN_ACTIVE:
             fixed += _repair_channel(b, w, c, dead_tag)
     return fixed
+
+
+@njit(nogil=True, cache=True)
+def chan_done_shortfall(b, w, c, out):
+    """Owner: retired producer entries whose ``DONE`` lags though all is delivered.
+
+    An entry qualifies when it is RETIRED (its ``PRODUCE`` can no longer move),
+    ``CLAIM >= PRODUCE`` (nothing left to claim), ``DONE < PRODUCE``, and no slot holds
+    a message of it (PUBLISHED, CLAIMED or REDELIVER). That is the mark of a consumer
+    killed between freeing a slot and counting it -- or of a live consumer inside that
+    two-instruction window right now: call again a moment later and heal only entries
+    seen twice with the same ``DONE`` (:func:`chan_heal_done`).
+
+    Parameters
+    ----------
+    b, w : np.ndarray
+        Byte and word views of the pool.
+    c : int
+        Channel entry (must be ACTIVE).
+    out : np.ndarray[int64]
+        At least ``MAX_PRODUCERS`` long: ``out[e]`` receives the ``DONE`` value seen for
+        a qualifying entry ``e``, else -1.
+
+    Returns
+    -------
+    int
+        Number of qualifying entries.
+    """
+    cw = chan_word(w, c)
+    n = 0
+    for e in range(cl.MAX_PRODUCERS):
+        out[e] = -1
+    cap = w[cw + cl.C_CAPACITY]
+    if cap <= 0 or load_acquire(w, cw + cl.C_STATE) != cl.CHAN_ACTIVE:
+        return 0
+    for e in range(cl.MAX_PRODUCERS):
+        pw = _prod_word(cw, e)
+        if load_acquire(w, pw + cl.P_STATE) != cl.PROD_RETIRED:
+            continue
+        produce = load_acquire(w, pw + cl.P_PRODUCE)
+        # SYNC POINT: DONE is read before the slots below (acquire), so a consumer
+        # counted after we read it shows as a slot still CLAIMED or as a lagging DONE
+        # that has moved by the second look -- never as a confirmed shortfall.
+        done = load_acquire(w, pw + cl.P_DONE)
+        if done >= produce or load_acquire(w, pw + cl.P_CLAIM) < produce:
+            continue
+        out[e] = done
+        n += 1
+    if n == 0:
+        return 0
+    for s in range(cap):
+        sw = _slot_word(w, cw, s)
+        kind = _kind(load_acquire(w, sw + cl.S_STATE))
+        if kind == cl.KIND_PUBLISHED or kind == cl.KIND_CLAIMED or kind == cl.KIND_REDELIVER:
+            e = w[sw + cl.S_PRODUCER]
+            if 0 <= e < cl.MAX_PRODUCERS and out[e] >= 0:
+                out[e] = -1
+                n -= 1
+    return n
+
+
+@njit(nogil=True, cache=True)
+def chan_heal_done(w, c, e, seen_done):
+    """Owner: set retired entry ``e``'s ``DONE`` to ``PRODUCE`` if it still reads ``seen_done``.
+
+    Use only for an entry :func:`chan_done_shortfall` reported twice with the same
+    value. Returns 1 if healed (the entry is reusable again), else 0.
+    """
+    pw = _prod_word(chan_word(w, c), e)
+    if load_acquire(w, pw + cl.P_STATE) != cl.PROD_RETIRED:
+        return 0
+    produce = load_acquire(w, pw + cl.P_PRODUCE)
+    if load_acquire(w, pw + cl.P_CLAIM) < produce or seen_done >= produce:
+        return 0
+    return 1 if cas(w, pw + cl.P_DONE, seen_done, produce) == seen_done else 0
 
 
 @njit(nogil=True, cache=True)

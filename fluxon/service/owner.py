@@ -2,8 +2,8 @@
 
 Lifecycle::
 
-    lock pool dir ─► connect etcd ─► Pool.create (0600) ─► register in etcd ─► shared.json
-         │                                                   (lease + keepalive)   (ready signal)
+    lock pool dir ─► connect etcd ─► Pool.adopt | .create ─► register in etcd ─► shared.json
+         │                              (0600)              (lease + keepalive)  (ready signal)
          ▼
     every 0.2 s: heartbeat, reap dead members (pid + start time) ──► delete their etcd member key
          │
@@ -13,6 +13,25 @@ Lifecycle::
 A ``flock`` on the pool directory keeps a second owner away while this one lives (the
 kernel drops it when the process dies, even by SIGKILL). etcd work other than start-up
 runs on a side thread so a slow or absent etcd never delays the heartbeat or reaping.
+
+Restart after a crash (the owner was killed, the pool file is still there):
+
+* a valid pool of this cluster, layout version, size and instance key is **adopted**
+  (:meth:`fluxon.pool.Pool.adopt`): undelivered messages, channels and KV keys stay;
+  attached clients see the new pid in the header and carry on; members that died
+  meanwhile are reaped by the first pass;
+* a valid pool of another size or instance key is replaced only if nothing uses it
+  (no live client, channel or key); otherwise the owner refuses to start
+  (exit status 4) and says how to proceed;
+* a file that is not a usable pool (truncated, bad magic, other layout version or
+  cluster, inconsistent tables) is replaced, with a warning.
+
+A clean stop (SIGINT/SIGTERM) still removes the pool: attached clients get a clear
+error and must create a new store.
+
+File modes: the pool and ``shared.json`` are 0600. With ``FLUXON_SHM_GROUP`` set to a
+group name (or gid) in the owner's environment they are 0660 and belong to that
+group, and the pool directory is 0770, so members of the group can attach.
 
 Run it as ``python -m fluxon.service.owner --config-b64 B64 | --config PATH``.
 """
@@ -58,15 +77,42 @@ LEASE_TTL_S = 10
 STATS_INTERVAL_S = 5.0
 #: Deadline of each etcd call made by the owner.
 ETCD_TIMEOUT_S = 3.0
+#: Passes between two looks for delivered counts left short by a killed consumer.
+HEAL_EVERY_PASSES = 5
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_ALREADY_OWNED = 3
+EXIT_POOL_IN_USE = 4
+
+#: Environment variable naming the group that may attach (files 0660 instead of 0600).
+SHM_GROUP_ENV = "FLUXON_SHM_GROUP"
 
 
 class OwnerAlreadyRunning(RuntimeError):
     """Another live owner holds this pool directory (or this instance key in etcd)."""
+
+
+class PoolInUse(RuntimeError):
+    """The existing pool cannot be adopted (other size or owner) and still holds data."""
+
+
+def _shm_group() -> int | None:
+    """gid of ``$FLUXON_SHM_GROUP`` (a group name or number), or None when unset."""
+    raw = os.environ.get(SHM_GROUP_ENV, "").strip()
+    if not raw:
+        return None
+    if raw.isdigit():
+        return int(raw)
+    import grp
+
+    try:
+        return grp.getgrnam(raw).gr_gid
+    except KeyError:
+        raise InvalidConfigurationError(
+            f"{SHM_GROUP_ENV}={raw!r} names no group on this host", config_key=SHM_GROUP_ENV
+        ) from None
 
 
 def _field(member: Any, name: str, default: Any = None) -> Any:
@@ -127,6 +173,14 @@ class OwnerService:
         self._etcd_stop = threading.Event()
         self._etcd_thread: threading.Thread | None = None
         self.reaped_total = 0
+        self.shm_gid = _shm_group()
+        self.file_mode = 0o600 if self.shm_gid is None else 0o660
+        self.dir_mode = 0o700 if self.shm_gid is None else 0o770
+        #: Whether :meth:`start` adopted an existing pool (instead of creating one).
+        self.adopted = False
+        self._started = False
+        self._passes = 0
+        self._done_suspects: dict[tuple[int, int], int] = {}
 
     # ------------------------------------------------------------- start
     def start(self) -> None:
@@ -144,41 +198,93 @@ class OwnerService:
             from ..etcd_client import connect
 
             self.session = connect(self.etcd_addresses, timeout=ETCD_TIMEOUT_S)
-            from ..pool import Pool
-
-            self.pool = Pool.create(
-                self.share_mem_path,
-                self.cluster_name,
-                self.instance_key,
-                self.size_bytes,
-                mode=0o600,
-            )
+            self.pool = self._open_pool()
             self._register_etcd()
             self._write_shared_json()
         except BaseException:
             self.shutdown()
             raise
+        self._started = True
         self._etcd_thread = threading.Thread(
             target=self._etcd_worker, name="fluxon-owner-etcd", daemon=True
         )
         self._etcd_thread.start()
         _log.info(
-            "owner %s of cluster %s ready: pool %s (%d bytes), etcd %s",
+            "owner %s of cluster %s ready: pool %s (%d bytes, %s), etcd %s",
             self.instance_key,
             self.cluster_name,
             self.pool_file,
             self.size_bytes,
+            "adopted" if self.adopted else "created",
             ",".join(self.etcd_addresses),
         )
+
+    def _open_pool(self) -> Any:
+        """Adopt the pool a killed owner left, or create a new one (see module doc)."""
+        from ..pool import Pool, PoolNotAdoptable
+
+        try:
+            pool = Pool.adopt(
+                self.share_mem_path,
+                self.cluster_name,
+                self.instance_key,
+                self.size_bytes,
+                mode=self.file_mode,
+            )
+        except FileNotFoundError:
+            pool = None
+        except PermissionError as exc:
+            raise InvalidConfigurationError(
+                f"cannot open the existing pool {self.pool_file}: {exc}",
+                config_key="fluxonkv_spec.share_mem_path",
+                config_value=self.share_mem_path,
+            ) from None
+        except PoolNotAdoptable as exc:
+            if exc.holds_data:
+                raise PoolInUse(
+                    f"{exc.message}, and it still holds {exc.holds_data}. Restart this owner "
+                    "with the configuration that created it to adopt it, or stop its clients "
+                    "first; remove the file by hand only to discard what it holds"
+                ) from None
+            _log.warning("replacing the existing pool file: %s", exc.message)
+            pool = None
+        if pool is not None:
+            self.adopted = True
+            self._apply_group(self.pool_file)
+            _log.info(
+                "adopted the pool %s left by a dead owner: %s",
+                self.pool_file,
+                pool.contents_summary() or "it holds nothing",
+            )
+            return pool
+        pool = Pool.create(
+            self.share_mem_path,
+            self.cluster_name,
+            self.instance_key,
+            self.size_bytes,
+            mode=self.file_mode,
+        )
+        self._apply_group(self.pool_file)
+        return pool
+
+    def _apply_group(self, path: str) -> None:
+        """Give ``path`` to the configured group (no-op without ``FLUXON_SHM_GROUP``)."""
+        if self.shm_gid is not None:
+            os.chown(path, -1, self.shm_gid)
+            os.chmod(path, self.file_mode)
 
     def _lock_pool_dir(self) -> None:
         for directory in (self.share_mem_path, self.pool_dir):
             if not os.path.isdir(directory):
                 try:
-                    os.makedirs(directory, mode=0o700)
+                    os.makedirs(directory, mode=self.dir_mode)
                     self._created_dirs.append(directory)
                 except FileExistsError:
                     pass
+        if self.shm_gid is not None:
+            for directory in (self.pool_dir, *self._created_dirs):
+                os.chown(directory, -1, self.shm_gid)
+                os.chmod(directory, self.dir_mode)
         fd = os.open(self.pool_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -306,7 +412,8 @@ class OwnerService:
             "host": self.host,
             "write_ts": now_ms,
         }
-        write_json_atomic(self.shared_json, data, mode=0o600)
+        write_json_atomic(self.shared_json, data, mode=self.file_mode)
+        self._apply_group(self.shared_json)
 
     # ------------------------------------------------------------- steady state
     def step(self) -> list:
@@ -319,6 +426,9 @@ class OwnerService:
             # their next timeout slice
             wake_all_channels(pool)
         self._destroy_expired_channels()
+        self._passes += 1
+        if self._passes % HEAL_EVERY_PASSES == 0:
+            self._heal_done_counts()
         for member in reaped:
             self.reaped_total += 1
             name = _field(member, "name", "")
@@ -335,6 +445,22 @@ class OwnerService:
             if name and name != self.instance_key:
                 self._etcd_jobs.put(("delete_member", name, pid))
         return reaped
+
+    def _heal_done_counts(self) -> None:
+        """Set right the delivered count (``DONE``) of retired producers that a consumer
+        killed between freeing a slot and counting it left one short; only counts seen
+        lagging with the same value on two looks a second apart are touched."""
+        pool = self.pool
+        current = pool.done_shortfalls()
+        for (c, e), seen in current.items():
+            if self._done_suspects.get((c, e)) == seen and pool.heal_done(c, e, seen):
+                _log.info(
+                    "channel entry %d, producer entry %d: delivered count was left short "
+                    "by a consumer killed while completing a message; set right",
+                    c,
+                    e,
+                )
+        self._done_suspects = current
 
     def _destroy_expired_channels(self) -> None:
         """Main loop: destroy channels the etcd thread found expired (same thread as
@@ -412,7 +538,10 @@ class OwnerService:
         if self._etcd_thread is not None and self._etcd_thread is not threading.current_thread():
             self._etcd_thread.join(timeout=ETCD_TIMEOUT_S + 1.0)
         pool = self.pool
-        if pool is not None and not pool.closed:
+        # A pool adopted by a start that then failed (etcd unreachable, ...) is left
+        # as it was, clients and all, for the next start to adopt.
+        keep_pool = self.adopted and not self._started
+        if pool is not None and not pool.closed and not keep_pool:
             pool.mark_closing()
         if self._keepalive is not None:
             self._keepalive.stop()
@@ -432,7 +561,8 @@ class OwnerService:
             if self._lock_fd is not None:
                 self._remove_file(self.shared_json)
             pool.close()
-            pool.unlink()
+            if not keep_pool:
+                pool.unlink()
             self.pool = None
         if self._lock_fd is not None:
             for directory in (self.pool_dir, *reversed(self._created_dirs)):
@@ -484,7 +614,8 @@ def run_owner_blocking(
     -------
     int
         Exit status: 0 after a clean stop, 2 for a bad config, 3 if another owner owns
-        the pool directory, 1 for other failures (e.g. etcd unreachable).
+        the pool directory, 4 if the existing pool cannot be adopted and still holds
+        data, 1 for other failures (e.g. etcd unreachable, no room for the pool).
     """
     stop = stop_event or threading.Event()
     restore = (
@@ -505,6 +636,12 @@ def run_owner_blocking(
         except OwnerAlreadyRunning as exc:
             _log.error("%s", exc)
             return EXIT_ALREADY_OWNED
+        except PoolInUse as exc:
+            _log.error("owner cannot start: %s", exc)
+            return EXIT_POOL_IN_USE
+        except InvalidConfigurationError as exc:
+            _log.error("owner cannot start: %s", exc)
+            return EXIT_CONFIG
         except EtcdError as exc:
             _log.error("owner cannot start: etcd is unreachable: %s", exc)
             return EXIT_ERROR

@@ -935,7 +935,7 @@ def _crashed_complete(chan, s, tag, stop):
     """Replay ``_complete`` for slot ``s`` and abandon it after step ``stop``.
 
     Steps: 0 block retagged to the consumer (large only), 1 LEN = -1 (the
-    completion mark), 2 REF = 0, 3 STATE = FREE, 4 block freed, 5 DONE += 1.
+    completion mark), 2 REF = 0, 3 STATE = FREE, 4 DONE += 1, 5 block freed.
     ``stop = -1``: the consumer died after copying the payload, before any step.
     """
     w = chan.w
@@ -947,14 +947,14 @@ def _crashed_complete(chan, s, tag, stop):
         lambda: w.__setitem__(sw + cl.S_LEN, -1),
         lambda: w.__setitem__(sw + cl.S_REF, 0),
         lambda: w.__setitem__(sw + cl.S_STATE, 0),
-        lambda: ref and heap_free(w, ref_start(ref), ref_nbytes(ref), tag),
         lambda: w.__setitem__(chan.prod_word(e) + cl.P_DONE, w[chan.prod_word(e) + cl.P_DONE] + 1),
+        lambda: ref and heap_free(w, ref_start(ref), ref_nbytes(ref), tag),
     ]
     for step in steps[: stop + 1]:
         step()
 
 
-@pytest.mark.parametrize("stop", [-1, 0, 1, 2, 5])
+@pytest.mark.parametrize("stop", [-1, 0, 1, 2, 4, 5])
 @pytest.mark.parametrize("large", [False, True])
 def test_consumer_killed_while_completing(pool, large, stop):
     b, w = pool
@@ -994,18 +994,72 @@ def test_consumer_killed_mid_retag_of_a_multi_unit_block(pool):
 
 
 @pytest.mark.xfail(strict=True, reason="known window: killed between STATE=FREE and DONE+=1")
-@pytest.mark.parametrize("stop", [3, 4])
-def test_consumer_killed_between_free_and_done_keeps_offsets_exact(pool, stop):
+@pytest.mark.parametrize("large", [False, True])
+def test_consumer_killed_between_free_and_done_keeps_offsets_exact(pool, large):
     b, w = pool
     chan, ep = _setup(b, w, 2)
-    chan.put_large(ep, P1, message(1, 0, 2 * UNIT))
+    (chan.put_large if large else chan.put)(ep, P1, message(1, 0, 2 * UNIT if large else 40))
     (s,) = chan.claim(DEAD, cws_new(), 1)
-    _crashed_complete(chan, s, DEAD, stop)
+    _crashed_complete(chan, s, DEAD, 3)
     chan.repair(DEAD)
     try:
         assert chan.offsets()[0] == 0
     finally:
         chan.destroy()
+
+
+def _shortfall(chan) -> dict:
+    out = np.zeros(cl.MAX_PRODUCERS, np.int64)
+    n = ch.chan_done_shortfall(chan.b, chan.w, chan.c, out)
+    found = {e: int(d) for e, d in enumerate(out) if d >= 0}
+    assert n == len(found)
+    return found
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_owner_heals_done_left_short_by_a_consumer_killed_in_the_window(pool, large):
+    b, w = pool
+    chan, ep = _setup(b, w, 3)
+    for seq in range(3):
+        (chan.put_large if large else chan.put)(ep, P1, message(1, seq, 2 * UNIT if large else 40))
+    assert [parse(m) for m in chan.get(C1, cws_new(), 1)] == [(1, 0)]
+    (s,) = chan.claim(DEAD, cws_new(), 1)
+    _crashed_complete(chan, s, DEAD, 3)  # freed, never counted
+    chan.repair(DEAD)
+    assert _shortfall(chan) == {}  # the producer is alive: nothing to heal yet
+    assert ch.prod_detach(w, chan.c, ep, P1) == status.OK
+    assert _shortfall(chan) == {}  # a message is still undelivered
+    assert [parse(m) for m in chan.drain(C2)] == [(1, 2)]
+    assert chan.offsets()[0] == 1  # DONE is one short
+    assert _shortfall(chan) == {ep: 2}
+    assert ch.chan_heal_done(w, chan.c, ep, 1) == 0  # another value was seen: no
+    assert ch.chan_heal_done(w, chan.c, ep, 2) == 1
+    assert chan.offsets()[0] == 0 and _shortfall(chan) == {}
+    # The entry is reusable again, from offset 0.
+    assert ch.prod_attach(b, w, chan.c, P2, 1, 0) == ep
+    chan.put(ep, P2, message(2, 0))
+    finish(chan, expect_left=[(2, 0)])
+
+
+def test_shortfall_ignores_a_consumer_that_is_still_completing(pool):
+    b, w = pool
+    chan, ep = _setup(b, w, 2)
+    chan.put(ep, P1, message(1, 0))
+    (s,) = chan.claim(C1, cws_new(), 1)
+    assert ch.prod_detach(w, chan.c, ep, P1) == status.OK
+    _crashed_complete(chan, s, C1, 2)  # still CLAIMED: in flight, not short
+    assert _shortfall(chan) == {}
+    _crashed_complete_rest(chan, s, C1)
+    assert _shortfall(chan) == {} and chan.offsets()[0] == 0
+    chan.destroy()
+
+
+def _crashed_complete_rest(chan, s, tag):
+    """The remaining steps of a completion stopped after step 2 (inline message)."""
+    w = chan.w
+    e = int(w[chan.slot_word(s) + cl.S_PRODUCER])
+    w[chan.slot_word(s) + cl.S_STATE] = 0
+    w[chan.prod_word(e) + cl.P_DONE] += 1
 
 
 def test_consumer_killed_in_cons_return_does_not_strand_the_message(pool):
