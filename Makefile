@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench bench-peers lint clean
+.PHONY: test soak demo bench bench-peers lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,22 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The long form of the fault-injection suite (tests/faults/README.md): 240 SIGKILLs, a
+# 30-minute soak, ten times the hostile-input examples; about 40 minutes on two cores.
+# Each knob may be overridden (`make soak FLUXON_SOAK_SECONDS=600`); FLUXON_FAULT_SEED
+# replays a kill schedule. The figures go to $(FLUXON_FAULT_REPORT), printed at the end.
+FLUXON_FAULT_KILLS ?= 240
+FLUXON_SOAK_SECONDS ?= 1800
+FLUXON_FAULT_EXAMPLES ?= 10
+FLUXON_FAULT_REPORT ?= .fault-report.jsonl
+
+soak: $(STAMP)
+	rm -f $(FLUXON_FAULT_REPORT)
+	FLUXON_FAULT_KILLS=$(FLUXON_FAULT_KILLS) FLUXON_SOAK_SECONDS=$(FLUXON_SOAK_SECONDS) \
+	FLUXON_FAULT_EXAMPLES=$(FLUXON_FAULT_EXAMPLES) FLUXON_FAULT_REPORT=$(FLUXON_FAULT_REPORT) \
+		$(PY) -m pytest -q tests/faults -p no:cacheprovider --durations=10; \
+	status=$$?; cat $(FLUXON_FAULT_REPORT) 2>/dev/null; exit $$status
 
 demo: $(STAMP)
 	$(PY) examples/demo.py

@@ -8,8 +8,9 @@ Two levels, each measured beside its baseline in one invocation:
   a switched-off recorder (``NullConsumerStats``) and against no call at all.
 * ``mq-roundtrip-64B``: one ``put_data`` + one ``get_data`` of a 64-byte message on
   an MPMC channel, with handles bound under ``FLUXON_MQ_STATS=1`` (recording,
-  publishing) and ``FLUXON_MQ_STATS=0`` (null recorders). Skipped if the MQ facade
-  does not record into :mod:`fluxon.stats`.
+  publishing) and ``FLUXON_MQ_STATS=0`` (null recorders; the handles' breakdown timers
+  still run). ``bench/stats_cost.py`` measures the same pair interleaved, in CPU time,
+  which holds up better on a machine shared with other work.
 
 Run with ``make bench``; numbers go to bench/README.md by hand, with date and machine.
 """
@@ -107,10 +108,6 @@ def _bind_pair(store: KvClient, enabled: bool) -> tuple[Any, Any]:
             os.environ.pop(STATS_ENV, None)
         else:
             os.environ[STATS_ENV] = old
-    if not isinstance(getattr(consumer, "_stats", None), ConsumerStats):
-        producer.close()
-        consumer.close()
-        pytest.skip("fluxon.api_ext_chan does not record into fluxon.stats")
     return producer, consumer
 
 
@@ -118,6 +115,7 @@ def _bind_pair(store: KvClient, enabled: bool) -> tuple[Any, Any]:
 def test_mq_roundtrip_64B(benchmark, kv_store, stats):
     producer, consumer = _bind_pair(kv_store, stats == "on")
     assert isinstance(consumer._stats, NullConsumerStats) is (stats == "off")
+    assert isinstance(consumer._stats, ConsumerStats)  # (a null recorder is one too)
     message = {"payload": b"x" * 64}
     benchmark.group = "mq-roundtrip-64B"
 

@@ -27,15 +27,18 @@ Both channel types share one implementation: MPMC (any number of consumers, prod
 chosen by smooth weighted round robin on ``weight``) and MPSC (at most one live
 consumer; a second bind fails with :class:`ChanBindError`).
 
-Every ``FLUXON_MQ_STATS_INTERVAL_S`` seconds (default 30) a consumer logs
-``py-get latency``, ``get_one breakdown`` and ``MpscConsumer prefetch`` lines and a
-producer logs ``py-put latency`` (at INFO, from the calling thread, only when the
-handle was used in the window).
+Statistics: every handle records into a :mod:`fluxon.stats` recorder (one histogram
+bucket and a few counters per call, no allocation). It publishes a summary into the
+handle's stats block in the pool every 0.5 s (the master and ``python -m fluxon
+status`` read it), and every ``FLUXON_LATENCY_LOG_INTERVAL_S`` seconds (default 30) a
+consumer logs ``py-get latency``, ``get_one breakdown`` and ``MpscConsumer prefetch``
+lines and a producer logs ``py-put latency`` (at INFO, from the calling thread, only
+when the handle was used in the window). ``FLUXON_MQ_STATS=0`` when a handle is bound
+switches its statistics off.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +73,7 @@ from .api_error import (
 from .channel_registry import ChannelDescriptor, ChannelRegistry, MemberRecord
 from .futex import futex_wait, futex_wake, seq_expected
 from .logging import init_logger
+from .stats import new_handle_stats, release_stats_block
 
 __all__ = [
     "ChanRole",
@@ -98,14 +102,6 @@ GAP_CLAMP_NS = 1_000_000
 DIRECT_DECODE_BYTES = 64 << 10
 #: Longest single futex sleep; a blocked call re-checks (close, owner, deadline) this often.
 WAIT_SLICE_S = 0.2
-#: Seconds between latency log lines (env ``FLUXON_MQ_STATS_INTERVAL_S``).
-try:
-    STATS_INTERVAL_S = float(os.environ.get("FLUXON_MQ_STATS_INTERVAL_S") or 30.0)
-except ValueError:
-    STATS_INTERVAL_S = 30.0
-
-_YIELD = os.environ.get("FX_YIELD") == "1"
-_sched_yield = os.sched_yield
 _CONFIG_KEYS = ("capacity", "ttl_seconds", "weight", "payload_backend")
 _OK_TRUE = Result.new_ok(True)
 _OK_FALSE = Result.new_ok(False)
@@ -155,52 +151,6 @@ def _fast(kernel: Any, *sample: Any) -> Any:
     return kernel
 
 
-# --------------------------------------------------------------------------- stats
-class _Window:
-    """Latency counters of one stats window (power-of-two histogram of call times)."""
-
-    __slots__ = (
-        "calls",
-        "decode_ns",
-        "hist",
-        "kernel_ns",
-        "max_ns",
-        "messages",
-        "prefetch_hits",
-        "timeouts",
-        "total_ns",
-        "wait_ns",
-        "waits",
-    )
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.timeouts = 0
-        self.waits = 0
-        self.messages = 0
-        self.prefetch_hits = 0
-        self.total_ns = 0
-        self.max_ns = 0
-        self.kernel_ns = 0
-        self.wait_ns = 0
-        self.decode_ns = 0
-        self.hist = [0] * 64
-
-    def quantile_us(self, q: float) -> float:
-        """Upper bound (µs) of the histogram bucket holding quantile ``q``."""
-        target = q * self.calls
-        seen = 0
-        for bucket, count in enumerate(self.hist):
-            seen += count
-            if count and seen >= target:
-                return (1 << bucket) / 1000.0
-        return 0.0
-
-
-def _per_call_us(total_ns: int, calls: int) -> float:
-    return total_ns / calls / 1000.0 if calls else 0.0
-
-
 # --------------------------------------------------------------------------- handles
 class _ChanEndpoint:
     """What producers and consumers share: binding, etcd bookkeeping, close, waiting."""
@@ -240,8 +190,11 @@ class _ChanEndpoint:
         self._chan_keepalive: Any = None
         self._member_lease: int | None = None
         self._member_keepalive: Any = None
-        self._stats = _Window()
-        self._next_stats_ns = _perf_ns() + int(STATS_INTERVAL_S * 1e9)
+        # Latency recorder (fluxon.stats; a null one under FLUXON_MQ_STATS=0) and the
+        # stats block it publishes into (None: switched off or no pool room).
+        self._stats, self._stats_block = new_handle_stats(
+            pool, self._c, self._ROLE, entry, desc.chan_id, member_id, desc.unique_id, _log
+        )
 
     # ------------------------------------------------------------- etcd side
     def _start_bookkeeping(self, record: MemberRecord) -> None:
@@ -352,7 +305,11 @@ class _ChanEndpoint:
                 futex_wake(self._data_addr)
                 futex_wake(self._space_addr)
                 with self._lock:  # an in-flight kernel call finishes first
-                    self._release_entry()
+                    try:
+                        self._stats.close()  # last summary into the block, then free it
+                        release_stats_block(self._stats_block)
+                    finally:
+                        self._release_entry()  # the block goes while the entry is held
             finally:
                 self._close_done = True
                 self._stop_bookkeeping()
@@ -446,8 +403,6 @@ class _ChanEndpoint:
                 return None
             if now >= spin_end:
                 break
-            if _YIELD:
-                _sched_yield()
         w, c = self._w, self._c
         addr = self._space_addr if space else self._data_addr
         while True:
@@ -467,6 +422,7 @@ class _ChanEndpoint:
                     if left <= 0:
                         return None
                     timeout = min(WAIT_SLICE_S, left)
+                self._stats.sleeps += 1
                 futex_wait(addr, seq_expected(seq), timeout)
             finally:
                 kchan.wait_end(w, c, space)
@@ -484,7 +440,9 @@ class _ChanProducer(_ChanEndpoint):
         b, w, c, e, tag = self._b, self._w, self._c, self._entry, self._tag
         scratch = self._scratch
         # Kernels bound to this handle's arguments: one C-level call each on the hot path.
-        self._put_scratch = partial(_fast(kchan.prod_put, b, w, c, e, tag, scratch, 0), b, w, c, e, tag, scratch)
+        self._put_scratch = partial(
+            _fast(kchan.prod_put, b, w, c, e, tag, scratch, 0), b, w, c, e, tag, scratch
+        )
         self._put_many = partial(
             _fast(kchan.prod_put_many, b, w, c, e, tag, scratch, self._lens_sample(), 0),
             b, w, c, e, tag,
@@ -613,15 +571,8 @@ class _ChanProducer(_ChanEndpoint):
         if rc >= 0:
             if rc:
                 futex_wake(self._data_addr)  # consumers sleep: wake them
-            st = self._stats
-            dt = _perf_ns() - t0
-            st.calls += 1
-            st.total_ns += dt
-            st.hist[dt.bit_length()] += 1
-            if dt > st.max_ns:
-                st.max_ns = dt
-            if t0 >= self._next_stats_ns:
-                self._log_stats(t0)
+            now = _perf_ns()
+            self._stats.record_put(now - t0, True, now)
             return _OK_TRUE
         if rc == _CLOSED:
             return self._closed_error()
@@ -642,33 +593,26 @@ class _ChanProducer(_ChanEndpoint):
                 got = self._put_wait(prepared, n, try_time, t0)
         except ApiError as err:
             return Result.new_error(err)
-        st = self._stats
-        dt = _perf_ns() - t0
-        st.calls += 1
-        st.total_ns += dt
-        st.hist[dt.bit_length()] += 1
-        if dt > st.max_ns:
-            st.max_ns = dt
-        if got == 1:
-            res = _OK_TRUE
-        elif got == 0:
-            st.timeouts += 1
-            res = _OK_FALSE
-        else:
+        if got < 0:
             return self._closed_error()
-        if t0 >= self._next_stats_ns:
-            self._log_stats(t0)
-        return res
+        now = _perf_ns()
+        self._stats.record_put(now - t0, got == 1, now)
+        return _OK_TRUE if got == 1 else _OK_FALSE
 
     def _put_wait(self, prepared: Any, n: int, try_time: float | None, t0: int) -> int:
         """Wait for room; returns 1 (published), 0 (timeout) or -1 (closed)."""
         deadline = self._deadline(try_time, t0)
-        self._stats.waits += 1
+        st = self._stats
+        st.waits += 1
 
         def attempt() -> int | None:
             return self._try_put(prepared, n) or None
 
-        got = self._wait_for(attempt, 1, deadline, SPIN_S)
+        w0 = _perf_ns()
+        try:
+            got = self._wait_for(attempt, 1, deadline, SPIN_S)
+        finally:
+            st.wait_ns += _perf_ns() - w0
         return 0 if got is None else got
 
     def put_data_many(self, values: Sequence[dict], try_time: float | None = None) -> Result:
@@ -705,18 +649,22 @@ class _ChanProducer(_ChanEndpoint):
         total = len(plan[2])
         done = 0
         deadline = -1  # not computed yet
+        st = self._stats
         try:
             while done < total:
                 got = self._put_many_attempt(plan, done)
                 if got is None:
                     if deadline == -1:
                         deadline = self._deadline(try_time, t0)
-                        self._stats.waits += 1
-                    got = self._wait_for(
-                        lambda: self._put_many_attempt(plan, done), 1, deadline, SPIN_S
-                    )
+                        st.waits += 1  # one waiting call, however many times it waits
+                    w0 = _perf_ns()
+                    try:
+                        got = self._wait_for(
+                            lambda: self._put_many_attempt(plan, done), 1, deadline, SPIN_S
+                        )
+                    finally:
+                        st.wait_ns += _perf_ns() - w0
                     if got is None:
-                        self._stats.timeouts += 1
                         break
                 if got < 0:
                     if not done:
@@ -725,15 +673,8 @@ class _ChanProducer(_ChanEndpoint):
                 done += got
         except ApiError as err:
             return Result.new_error(err)
-        st = self._stats
-        dt = _perf_ns() - t0
-        st.calls += 1
-        st.total_ns += dt
-        st.hist[dt.bit_length()] += 1
-        if dt > st.max_ns:
-            st.max_ns = dt
-        if t0 >= self._next_stats_ns:
-            self._log_stats(t0)
+        now = _perf_ns()
+        st.record_put_many(now - t0, done, done == total, now)
         return Result.new_ok(done)
 
     def _encode_many(self, values: Sequence[dict]) -> tuple:
@@ -803,26 +744,6 @@ class _ChanProducer(_ChanEndpoint):
         rc &= 0xFFFFFFFF
         return rc if rc else None
 
-    def _log_stats(self, now_ns: int) -> None:
-        st, self._stats = self._stats, _Window()
-        self._next_stats_ns = now_ns + int(STATS_INTERVAL_S * 1e9)
-        if not st.calls:
-            return
-        _log.info(
-            "py-put latency chan=%s key=%s producer=%s calls=%d full_waits=%d timeouts=%d "
-            "avg_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f",
-            self._chan_id,
-            self._desc.unique_id,
-            self._member_id,
-            st.calls,
-            st.waits,
-            st.timeouts,
-            _per_call_us(st.total_ns, st.calls),
-            st.quantile_us(0.5),
-            st.quantile_us(0.99),
-            st.max_ns / 1000.0,
-        )
-
 
 class _ChanConsumer(_ChanEndpoint):
     """Consumer handle (MPMC and MPSC share it)."""
@@ -842,10 +763,16 @@ class _ChanConsumer(_ChanEndpoint):
         b, w, c, tag = self._b, self._w, self._c, self._tag
         # Kernels bound to this handle's arguments: one C-level call each on the hot path.
         claimed = self._claimed
-        self._k_claim = partial(_fast(kchan.cons_claim, b, w, c, tag, self._swrr, claimed, 0), b, w, c, tag, self._swrr)
-        self._k_lengths = partial(_fast(kchan.cons_lengths, b, w, c, claimed, 0, self._lens), b, w, c)
+        self._k_claim = partial(
+            _fast(kchan.cons_claim, b, w, c, tag, self._swrr, claimed, 0), b, w, c, tag, self._swrr
+        )
+        self._k_lengths = partial(
+            _fast(kchan.cons_lengths, b, w, c, claimed, 0, self._lens), b, w, c
+        )
         self._k_copy = partial(_fast(kchan.cons_copy, b, w, c, claimed, 0, b, self._offs), b, w, c)
-        self._k_complete = partial(_fast(kchan.cons_complete, b, w, c, tag, claimed, 0), b, w, c, tag)
+        self._k_complete = partial(
+            _fast(kchan.cons_complete, b, w, c, tag, claimed, 0), b, w, c, tag
+        )
         self._payload_at = partial(_fast(kchan.slot_payload_offset, b, w, c, 0), b, w, c)
         self._zero_offset = np.zeros(1, dtype=np.int64)
         # Adaptive spin: mean gap between message arrivals (ns) and the last arrival.
@@ -888,8 +815,8 @@ class _ChanConsumer(_ChanEndpoint):
                 return False
             start, end = self._pf_start, self._pf_end
             have = end - start
-            if have:
-                self._stats.prefetch_hits += 1
+            held = have  # claimed by earlier calls: handed out first
+            t = got = 0  # t: when the claim below returned (the copy-out starts there)
             if have < want:
                 arr = self._claimed
                 if start:
@@ -901,20 +828,34 @@ class _ChanConsumer(_ChanEndpoint):
                     grown = np.zeros(max(want, 2 * arr.shape[0]), dtype=np.int64)
                     grown[:have] = arr[:have]
                     self._claimed = arr = grown
-                end += self._k_claim(arr[end:] if end else arr, want - have)
+                tc = _perf_ns()
+                got = self._k_claim(arr[end:] if end else arr, want - have)
+                t = _perf_ns()
+                end += got
                 self._pf_end = end
                 have = end - start
             if not have:
-                return None
-            return self._take(start, batch_size if batch_size < have else have)
+                return None  # an empty claim is part of waiting, not kernel time
+            k = batch_size if batch_size < have else have
+            st = self._stats
+            if t:
+                st.claim_ns += t - tc
+                st.kernel_ns += t - tc
+                st.claim_calls += 1
+                st.claimed += got
+            else:
+                t = _perf_ns()
+            if held:
+                st.prefetch_hits += held if held < k else k
+            return self._take(start, k, t)
 
-    def _take(self, start: int, k: int) -> list:
+    def _take(self, start: int, k: int, t: int) -> list:
         """Copy out and decode ``k`` claimed slots from ``start``, then complete them.
 
-        Completing last keeps the messages claimed (so redelivered if this process is
-        killed) until they are decoded and about to be returned to the caller.
+        ``t`` (perf_counter ns) is when the copy-out started. Completing last keeps the
+        messages claimed (so redelivered if this process is killed) until they are
+        decoded and about to be returned to the caller.
         """
-        t = _perf_ns()
         slots = self._claimed[start : start + k] if start else self._claimed
         if self._lens.shape[0] < k:
             self._lens = np.zeros(2 * k, dtype=np.int64)
@@ -958,15 +899,11 @@ class _ChanConsumer(_ChanEndpoint):
         if self._k_complete(slots, k):
             futex_wake(self._space_addr)
         st = self._stats
-        st.kernel_ns += (t1 - t) + (_perf_ns() - t2)
-        st.decode_ns += t2 - t1
-        st.messages += k
-        # Adaptive spin: the mean gap between arrivals, from what this call delivered.
-        last = self._last_arrival_ns
-        self._last_arrival_ns = t2
-        if last:
-            gap = (t2 - last) // k
-            self._gap_ns += ((gap if gap < GAP_CLAMP_NS else GAP_CLAMP_NS) - self._gap_ns) >> 3
+        dt = (t1 - t) + (_perf_ns() - t2)
+        st.take_ns += dt
+        st.kernel_ns += dt
+        st.codec_ns += t2 - t1
+        self._note_arrivals(t2, k)
         return out
 
     def _take_large(self, start: int, slots: np.ndarray, k: int, lens: list, t: int) -> list:
@@ -994,9 +931,10 @@ class _ChanConsumer(_ChanEndpoint):
         if self._k_complete(slots, k):
             futex_wake(self._space_addr)
         st = self._stats
-        st.kernel_ns += _perf_ns() - t2
-        st.decode_ns += t2 - t
-        st.messages += k
+        dt = _perf_ns() - t2
+        st.take_ns += dt
+        st.kernel_ns += dt
+        st.codec_ns += t2 - t  # decoding, and copying out what could not decode in place
         self._note_arrivals(t2, k)
         return out
 
@@ -1057,32 +995,29 @@ class _ChanConsumer(_ChanEndpoint):
             or (prefetch_num < 0)
         ):
             return Result.new_error(self._bad_args(batch_size, prefetch_num))
+        want = batch_size + prefetch_num
         try:
-            got = self._try_get(batch_size, batch_size + prefetch_num)
+            got = self._try_get(batch_size, want)
             if got is None:
-                got = self._get_wait(batch_size, batch_size + prefetch_num, try_time, t0)
+                got = self._get_wait(batch_size, want, try_time, t0)
         except ApiError as err:
             return Result.new_error(err)
-        st = self._stats
-        dt = _perf_ns() - t0
-        st.calls += 1
-        st.total_ns += dt
-        st.hist[dt.bit_length()] += 1
-        if dt > st.max_ns:
-            st.max_ns = dt
-        if t0 >= self._next_stats_ns:
-            self._log_stats(t0)
         if got is False:
             return self._closed_error()
-        if got is None:
-            st.timeouts += 1
-            return Result.new_error(
-                MessageConsumptionNoNewMessageError(
-                    f"no message on channel {self._chan_id} within try_time={try_time} s",
-                    channel_id=self._chan_id_str,
-                )
+        st = self._stats
+        st.prefetch_queue = self._pf_end - self._pf_start
+        st.prefetch_target = want
+        now = _perf_ns()
+        if got is not None:
+            st.record_get(now - t0, len(got), now)
+            return Result.new_ok(got)
+        st.record_get(now - t0, 0, now)  # a timeout
+        return Result.new_error(
+            MessageConsumptionNoNewMessageError(
+                f"no message on channel {self._chan_id} within try_time={try_time} s",
+                channel_id=self._chan_id_str,
             )
-        return Result.new_ok(got)
+        )
 
     @staticmethod
     def _bad_args(batch_size: Any, prefetch_num: Any) -> InvalidArgumentError:
@@ -1110,54 +1045,16 @@ class _ChanConsumer(_ChanEndpoint):
             spin_ns = SPIN_NS
         else:
             spin_ns = min(SPIN_MAX_NS, max(SPIN_NS, 2 * gap))
+        # wait_ns is the waiting alone: the kernel and decode time of the attempts made
+        # meanwhile (and of the one that found messages) is counted where it happens.
         w0 = _perf_ns()
+        busy0 = st.kernel_ns + st.codec_ns
         try:
             return self._wait_for(
                 lambda: self._try_get(batch_size, want), 0, deadline, spin_ns / 1e9
             )
         finally:
-            st.wait_ns += _perf_ns() - w0
-
-    def _log_stats(self, now_ns: int) -> None:
-        st, self._stats = self._stats, _Window()
-        self._next_stats_ns = now_ns + int(STATS_INTERVAL_S * 1e9)
-        if not st.calls:
-            return
-        key = self._desc.unique_id
-        _log.info(
-            "py-get latency chan=%s key=%s consumer=%s calls=%d timeouts=%d messages=%d "
-            "avg_us=%.1f p50_us=%.1f p99_us=%.1f max_us=%.1f",
-            self._chan_id,
-            key,
-            self._member_id,
-            st.calls,
-            st.timeouts,
-            st.messages,
-            _per_call_us(st.total_ns, st.calls),
-            st.quantile_us(0.5),
-            st.quantile_us(0.99),
-            st.max_ns / 1000.0,
-        )
-        _log.info(
-            "get_one breakdown chan=%s consumer=%s avg_kernel_us=%.1f avg_wait_rx_us=%.1f "
-            "avg_decode_us=%.1f waits=%d",
-            self._chan_id,
-            self._member_id,
-            _per_call_us(st.kernel_ns, st.calls),
-            _per_call_us(st.wait_ns, st.calls),
-            _per_call_us(st.decode_ns, st.calls),
-            st.waits,
-        )
-        _log.info(
-            "MpscConsumer prefetch chan=%s consumer=%s inflight_queue_size=%d hit_ratio=%.2f "
-            "avg_get_handle_us=%.1f producer_idle_ms=%.1f",
-            self._chan_id,
-            self._member_id,
-            self._pf_end - self._pf_start,
-            st.prefetch_hits / st.calls,
-            _per_call_us(st.kernel_ns, st.calls),
-            st.wait_ns / 1e6,
-        )
+            st.wait_ns += _perf_ns() - w0 - (st.kernel_ns + st.codec_ns - busy0)
 
 
 class MPMCChanProducer(_ChanProducer):

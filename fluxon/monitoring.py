@@ -251,13 +251,16 @@ def _latency_fields(kind: str, s: dict | None, now_ns: int) -> dict:
         "p99_ms": _ms(s["p99_ns"]),
         "max_ms": _ms(s["max_ns"]),
         "wait_rx_avg_ms": _ms(s["avg_wait_ns"]),
-        "kernel_avg_ms": _ms(s["avg_kernel_ns"]),
-        "codec_avg_ms": _ms(s["avg_codec_ns"]),
+        # Producers do not time encode vs kernel (it would cost their hot path): empty.
+        "kernel_avg_ms": None,
+        "codec_avg_ms": None,
         "stats_age_s": round(max(0, now_ns - updated) / 1e9, 3) if updated else None,
         "has_stats": True,
     }
     if kind == "consumer":
         out.update(
+            kernel_avg_ms=_ms(s["avg_kernel_ns"]),
+            codec_avg_ms=_ms(s["avg_codec_ns"]),
             prefetch_queue=s["pf_queue"],
             prefetch_target=s["pf_target"],
             prefetch_hit_ratio=round(s["pf_hit_ppm"] / 1e6, 4) if messages else None,

@@ -5,10 +5,15 @@ Knobs (environment):
 - ``FLUXON_FAULT_KILLS``: SIGKILLs of the kill matrix (default 36; ``make soak`` uses 240).
 - ``FLUXON_SOAK_SECONDS``: length of the soak test (default 12; ``make soak`` uses 1800).
 - ``FLUXON_FAULT_SEED``: seed of the random kill schedule (default: random, printed).
+- ``FLUXON_FAULT_EXAMPLES``: scale of the hypothesis example counts (default 1; ``make
+  soak`` uses 10).
+- ``FLUXON_FAULT_REPORT``: a file the kill matrix and the soak append their figures to,
+  one JSON object a line (default: none; ``make soak`` uses ``.fault-report.jsonl``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -31,6 +36,21 @@ from fluxon.kvclient import new_store  # noqa: E402
 FAULT_KILLS = int(os.environ.get("FLUXON_FAULT_KILLS") or 36)
 #: Seconds of the soak test.
 SOAK_SECONDS = float(os.environ.get("FLUXON_SOAK_SECONDS") or 12)
+#: Scale of the hypothesis example counts.
+FAULT_EXAMPLES = float(os.environ.get("FLUXON_FAULT_EXAMPLES") or 1.0)
+
+
+def record_figures(test: str, figures: dict[str, Any]) -> None:
+    """Print ``figures`` and append them to ``FLUXON_FAULT_REPORT`` (if set) as one line.
+
+    The long run (``make soak``) keeps this file: tests/faults/README.md quotes it.
+    """
+    line = json.dumps({"test": test, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures})
+    print(f"{test}: {line}")
+    report = os.environ.get("FLUXON_FAULT_REPORT")
+    if report:
+        with open(report, "a") as fh:
+            fh.write(line + "\n")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:

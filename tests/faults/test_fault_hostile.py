@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 import pytest
 import yaml
+from conftest import FAULT_EXAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,9 +38,12 @@ from fluxon.api_ext_chan import ChanRole, ChanType, new_or_bind_with_unique_key
 from fluxon.config import FluxonKvClientConfig
 from fluxon.kvclient import new_store
 
-pytestmark = pytest.mark.timeout(300)
+SCALE = FAULT_EXAMPLES
+#: Per-test time limit: the work grows with the example counts (the default run takes
+#: well under a minute per test on two cores; the limit only catches hangs).
+TIME_LIMIT_S = int(300 * max(1.0, SCALE / 2))
 
-SCALE = float(os.environ.get("FLUXON_FAULT_EXAMPLES") or 1.0)
+pytestmark = pytest.mark.timeout(TIME_LIMIT_S)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -106,7 +110,8 @@ _BAD_KEYS = st.one_of(
 def _flatdicts(draw):
     """(value, expected): expected is "ok", "error" or "either"."""
     if draw(st.integers(0, 9)) == 0:
-        return draw(st.one_of(st.none(), st.lists(st.integers()), st.text(), st.integers())), "error"
+        junk = st.one_of(st.none(), st.lists(st.integers()), st.text(), st.integers())
+        return draw(junk), "error"
     good = draw(st.dictionaries(_GOOD_KEYS, _GOOD_VALUES, max_size=6))
     kind = draw(st.sampled_from(["good", "good", "bad_value", "bad_key"]))
     if kind == "bad_value":
@@ -305,7 +310,9 @@ def test_hostile_chan_configs(hostile_cluster, stores, sentinel):
 
 # --------------------------------------------------------------------------- config files
 _YAMLISH = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)
+    ),
     lambda children: st.one_of(
         st.lists(children, max_size=3), st.dictionaries(st.text(max_size=12), children, max_size=4)
     ),
@@ -437,7 +444,7 @@ def test_truncated_and_corrupted_pool_files():
         [sys.executable, os.path.join(_HERE, "hostile_pool_fuzz.py"), str(examples), "20240611"],
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=TIME_LIMIT_S - 20,
     )
     tail = "\n".join(done.stderr.splitlines()[-40:])
     assert done.returncode == 0, f"status {done.returncode}\n{done.stdout}\n{tail}"

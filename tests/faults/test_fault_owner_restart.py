@@ -191,12 +191,19 @@ def test_other_size_is_refused_while_the_pool_holds_data(make_cluster, stores, k
 
 def test_other_size_replaces_an_idle_pool(make_cluster):
     cluster = make_cluster(with_master=False)
-    inode = _inode(cluster.pool_file)
-    _kill_owner(cluster)
-    cluster.owner_config["contribute_to_cluster_pool_size"] = {"dram": 80 << 20}
-    cluster.start_owner()
-    assert os.path.getsize(cluster.pool_file) == 80 << 20
-    assert _inode(cluster.pool_file) != inode
+    # Hold the old file open: once it is unlinked and nothing refers to it, the file
+    # system may give its inode number to the new file (ext4 does), so comparing
+    # numbers alone would not tell a replaced file from the same one.
+    old_fd = os.open(cluster.pool_file, os.O_RDONLY)
+    try:
+        _kill_owner(cluster)
+        cluster.owner_config["contribute_to_cluster_pool_size"] = {"dram": 80 << 20}
+        cluster.start_owner()
+        assert os.path.getsize(cluster.pool_file) == 80 << 20
+        assert os.fstat(old_fd).st_nlink == 0  # the old file was unlinked ...
+        assert _inode(cluster.pool_file) != os.fstat(old_fd).st_ino  # ... and a new one made
+    finally:
+        os.close(old_fd)
     assert "replacing the existing pool file" in _owner_log(cluster)
 
 

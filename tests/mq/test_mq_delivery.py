@@ -283,9 +283,9 @@ def test_store_close_closes_leftover_handles(cluster, key):
 
 
 def test_latency_lines_are_logged_every_interval(store, key, mq_caplog, monkeypatch):
-    from fluxon import api_ext_chan
+    from fluxon.stats import LOG_INTERVAL_ENV
 
-    monkeypatch.setattr(api_ext_chan, "STATS_INTERVAL_S", 0.05)
+    monkeypatch.setenv(LOG_INTERVAL_ENV, "0.05")  # read when a handle is bound
     producer = _bind(store, key, ChanRole.PRODUCER, capacity=64)
     consumer = _bind(store, key, ChanRole.CONSUMER)
     for seq in range(10):

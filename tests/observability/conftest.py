@@ -2,8 +2,8 @@
 
 ``live_channel`` (module): on the module's ``cluster``, one store holding two producers
 and one consumer of an MPMC channel with a known backlog (producer A put 5 messages,
-producer B put 3, the consumer took 2), and a stats recorder per handle that has
-published into the handle's stats block.
+producer B put 3, the consumer took 2, one message per call); each handle's own stats
+recorder has published those calls into the handle's stats block.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from fluxon.api_ext_chan import ChanRole, ChanType, new_or_bind_with_unique_key
 from fluxon.kvclient import new_store
-from fluxon.stats import ConsumerStats, ProducerStats, new_handle_stats, release_stats_block
+from fluxon.stats import ConsumerStats, ProducerStats
 
 #: Loggers whose records the tests read (the MQ logger does not propagate).
 CAPTURED_LOGGERS = ("fluxon.mq", "fluxon.monitoring", "fluxon.test.stats")
@@ -83,32 +83,10 @@ class LiveChannel:
     produced: list[int]
     consumed_from: list[int]
     recorders: dict[str, Any] = field(default_factory=dict)
-    own_blocks: list[Any] = field(default_factory=list)
 
     @property
     def chan_id(self) -> int:
         return int(self.consumer.get_chan_id())
-
-
-def handle_recorder(store: Any, handle: Any, role: str) -> tuple[Any, Any]:
-    """The handle's stats recorder: its own once the MQ facade records statistics,
-    otherwise one attached here to the handle's channel entry (returned as the 2nd item
-    so the caller can release it)."""
-    own = getattr(handle, "_stats", None)
-    if isinstance(own, (ConsumerStats, ProducerStats)) and getattr(handle, "_stats_block", None):
-        return own, None
-    recorder, block = new_handle_stats(
-        store.pool,
-        handle._c,
-        role,
-        handle._entry,
-        handle.get_chan_id(),
-        handle._member_id,
-        handle.get_unique_id(),
-        logging.getLogger("fluxon.test.stats"),
-    )
-    assert block is not None, "no pool room for a stats block"
-    return recorder, block
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +95,6 @@ def live_channel(cluster) -> Iterator[LiveChannel]:
     key = f"obs-{uuid.uuid4().hex[:10]}"
     store = new_store(cluster.client_config(f"obs-client-{uuid.uuid4().hex[:6]}")).unwrap()
     handles: list[Any] = []
-    own_blocks: list[Any] = []
     try:
 
         def bind(role: ChanRole) -> Any:
@@ -139,30 +116,19 @@ def live_channel(cluster) -> Iterator[LiveChannel]:
             for msg in msgs:
                 consumed_from[msg["producer"]] += 1
         live = LiveChannel(key, store, [prod_a, prod_b], consumer, produced, consumed_from)
-        # Latency that the member rows must show: real calls if the facade records them,
-        # otherwise known synthetic ones (1 ms puts; 200 ms gets of which 150 ms waiting).
-        for name, handle, role in (
-            ("producer_a", prod_a, "producer"),
-            ("producer_b", prod_b, "producer"),
-            ("consumer", consumer, "consumer"),
+        # The handles' own recorders publish what the member rows must show.
+        for name, handle in (
+            ("producer_a", prod_a),
+            ("producer_b", prod_b),
+            ("consumer", consumer),
         ):
-            recorder, block = handle_recorder(store, handle, role)
-            if block is not None:
-                own_blocks.append(block)
-                for _ in range(3):
-                    if role == "producer":
-                        recorder.record_put(1_000_000, True, 0)
-                    else:
-                        recorder.wait_ns += 150_000_000
-                        recorder.waits += 1
-                        recorder.record_get(200_000_000, 1, 0)
+            recorder = handle._stats
+            assert isinstance(recorder, (ConsumerStats, ProducerStats))
+            assert handle._stats_block is not None, "no pool room for a stats block"
             recorder.flush(force_publish=True)
             live.recorders[name] = recorder
-        live.own_blocks = own_blocks
         yield live
     finally:
-        for block in own_blocks:
-            release_stats_block(block)
         for handle in reversed(handles):
             handle.close()
         store.close()

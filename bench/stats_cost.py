@@ -1,0 +1,198 @@
+"""Cost of handle statistics on the MQ hot path: stats on vs off, interleaved, one process.
+
+Usage::
+
+    python bench/stats_cost.py              # 30 rounds (about 15 s on 2 cores)
+    python bench/stats_cost.py --rounds 60
+
+Two channels in one pool, each with a producer and a consumer in this process: one
+pair bound with ``FLUXON_MQ_STATS=1`` (recording, publishing into the pool stats block
+every 0.5 s, logging every ``FLUXON_LATENCY_LOG_INTERVAL_S``), one with
+``FLUXON_MQ_STATS=0`` (null recorders; the breakdown timers of the handles still
+run). Each round times a block of each workload on both pairs, in alternating order,
+so a machine shared with other work slows both alike:
+
+* ``roundtrip 64 B``: ``put_data`` + ``get_data(batch_size=1)`` of a 64-byte message;
+* ``batch 32 x 64 B``: 32 ``put_data`` then one ``get_data(batch_size=32)``.
+
+Reported per message: the median and minimum over rounds of this thread's CPU time
+(``time.thread_time_ns``: what the calls cost, not counting time the thread was
+descheduled) and the median wall time. ``make bench`` has the pytest-benchmark
+version of the round trip (``bench/bench_stats.py``, wall time, one variant after the
+other).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "536870912"}
+MESSAGE = {"payload": b"x" * 64}
+VARIANTS = ("on", "off")
+
+
+def _bind_pair(store, mq, enabled: bool) -> tuple:
+    from fluxon.stats import STATS_ENV  # read when a handle is bound
+
+    os.environ[STATS_ENV] = "1" if enabled else "0"
+    key = f"stats-cost-{'on' if enabled else 'off'}-{uuid.uuid4().hex[:6]}"
+    handles = []
+    for role in (mq.ChanRole.PRODUCER, mq.ChanRole.CONSUMER):
+        res = mq.new_or_bind_with_unique_key(store, {"capacity": 1024}, key, mq.ChanType.MPMC, role)
+        handles.append(res.unwrap())
+    return tuple(handles)
+
+
+def _roundtrip(producer, consumer, n: int) -> tuple[int, int]:
+    put, get = producer.put_data, consumer.get_data
+    c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+    for _ in range(n):
+        put(MESSAGE)
+        get(batch_size=1, try_time=1)
+    return time.thread_time_ns() - c0, time.perf_counter_ns() - w0
+
+
+def _batch32(producer, consumer, n: int) -> tuple[int, int]:
+    put, get = producer.put_data, consumer.get_data
+    c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+    for _ in range(n // 32):
+        for _ in range(32):
+            put(MESSAGE)
+        get(batch_size=32, try_time=1)
+    return time.thread_time_ns() - c0, time.perf_counter_ns() - w0
+
+
+WORKLOADS = {"roundtrip 64 B": (_roundtrip, 10_000), "batch 32 x 64 B": (_batch32, 9_600)}
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import numba
+    import numpy
+
+    return (
+        f"{os.cpu_count()} CPU {cpu}, Python {platform.python_version()}, "
+        f"numpy {numpy.__version__}, numba {numba.__version__}"
+    )
+
+
+def _busy_cores(seconds: float) -> float:
+    """CPUs busy (all processes) over the last ``seconds``, from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields) - idle, sum(fields)
+
+    b0, t0 = sample()
+    time.sleep(seconds)
+    b1, t1 = sample()
+    return (b1 - b0) / max(1, t1 - t0) * (os.cpu_count() or 1)
+
+
+def run(rounds: int) -> None:
+    from fluxon import api_ext_chan as mq
+    from fluxon.etcd_server import free_port
+    from fluxon.kvclient import new_store
+    from fluxon.service.plane import ServicePlane
+
+    workdir = tempfile.mkdtemp(prefix="fluxon-stats-cost-")
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    share = tempfile.mkdtemp(prefix="fluxon_stats_cost_", dir=shm)
+    plane = ServicePlane(
+        workdir=workdir,
+        etcd=f"127.0.0.1:{free_port()}",
+        cluster_name="stats-cost",
+        share_mem_path=share,
+        dram="256MB",
+        master_port=free_port(),
+        ui=f"127.0.0.1:{free_port()}",
+    )
+    handles: list = []
+    store = None
+    try:
+        plane.start(log=lambda _msg: None)
+        store = new_store(
+            {
+                "instance_key": f"stats-cost-{os.getpid()}",
+                "fluxonkv_spec": {"cluster_name": "stats-cost", "share_mem_path": share},
+            }
+        ).unwrap()
+        pairs = {v: _bind_pair(store, mq, v == "on") for v in VARIANTS}
+        for pair in pairs.values():
+            handles.extend(pair)
+        load_before = _busy_cores(1.0)
+        for fn, n in WORKLOADS.values():  # warm up: compile, page in, fill the caches
+            for pair in pairs.values():
+                fn(*pair, n)
+        cpu = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
+        wall = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
+        start = time.monotonic()
+        for r in range(rounds):
+            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+            for w, (fn, n) in WORKLOADS.items():
+                for v in order:
+                    c, t = fn(*pairs[v], n)
+                    cpu[(w, v)].append(c / n)
+                    wall[(w, v)].append(t / n)
+        elapsed = time.monotonic() - start
+        load_after = _busy_cores(1.0)
+        on_rec = type(pairs["on"][1]._stats).__name__
+        off_rec = type(pairs["off"][1]._stats).__name__
+    finally:
+        for h in reversed(handles):
+            h.close()
+        if store is not None:
+            store.close()
+        plane.stop()
+        shutil.rmtree(share, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\nMeasured {time.strftime('%Y-%m-%d')} on {_machine()}.")
+    print(
+        f"{rounds} rounds in {elapsed:.0f} s; recorders: on = {on_rec}, off = {off_rec}. "
+        f"CPUs busy in the second before / after the timed rounds: {load_before:.2f} / "
+        f"{load_after:.2f} (this process sleeps then: other processes and the service plane)."
+    )
+    print("\nns per message (this thread's CPU time; wall time in the last column pair).\n")
+    print("| workload | on median | off median | on - off | on / off | on min | off min "
+          "| on wall | off wall |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for w in WORKLOADS:
+        on, off = (statistics.median(cpu[(w, v)]) for v in VARIANTS)
+        on_w, off_w = (statistics.median(wall[(w, v)]) for v in VARIANTS)
+        print(
+            f"| {w} | {on:.0f} | {off:.0f} | {on - off:+.0f} | {on / off:.3f} "
+            f"| {min(cpu[(w, 'on')]):.0f} | {min(cpu[(w, 'off')]):.0f} | {on_w:.0f} | {off_w:.0f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30, help="timed rounds (default 30)")
+    args = parser.parse_args()
+    missing = {k: v for k, v in MALLOC_ENV.items() if os.environ.get(k) != v}
+    if missing:  # same malloc settings as `make bench`, set before the interpreter starts
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
+    run(args.rounds)
+
+
+if __name__ == "__main__":
+    main()
