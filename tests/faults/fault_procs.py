@@ -29,11 +29,8 @@ call's batch size per killed consumer.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -45,7 +42,8 @@ for _path in (_ROOT, _MQ):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from mq_procs import _die_with_parent, make_message, message_ok  # noqa: E402
+import mq_procs  # noqa: E402
+from mq_procs import make_message, message_ok  # noqa: E402
 
 #: How long a worker keeps retrying to attach/bind while services restart.
 ATTACH_DEADLINE_S = 60.0
@@ -264,155 +262,11 @@ _MODES = {
 
 
 # --------------------------------------------------------------------------- zygote
-def _zygote() -> int:
-    _die_with_parent()
-    from mq_procs import _prewarm
-
-    _prewarm()
-    children: set[int] = set()
-    out = sys.stdout
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        req = json.loads(line)
-        op = req["op"]
-        if op == "spawn":
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    devnull = os.open(os.devnull, os.O_RDWR)
-                    os.dup2(devnull, 0)
-                    os.dup2(devnull, 1)
-                    _die_with_parent()
-                    random.seed()
-                    code = _MODES[req["mode"]](req["args"]) or 0
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else 2
-                except BaseException:  # noqa: BLE001 - report and exit the child
-                    import traceback
-
-                    traceback.print_exc()
-                finally:
-                    sys.stderr.flush()
-                    os._exit(code)
-            children.add(pid)
-            reply: dict = {"pid": pid}
-        elif op == "kill":
-            pid = req["pid"]
-            if pid in children:
-                try:
-                    os.kill(pid, req.get("sig", signal.SIGKILL))
-                except ProcessLookupError:
-                    pass
-            reply = {"ok": True}
-        elif op == "wait":
-            pid, status = req["pid"], None
-            deadline = time.monotonic() + req.get("timeout", 0.0)
-            while pid in children:
-                done, raw = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    children.discard(pid)
-                    status = os.waitstatus_to_exitcode(raw)
-                    break
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(0.01)
-            reply = {"status": status}
-        elif op == "exit":
-            break
-        else:
-            reply = {"error": f"unknown op {op!r}"}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-    return 0
-
-
-class Zygote:
-    """Test-side handle of a zygote process (use as a context manager).
-
-    Parameters
-    ----------
-    log_path : str
-        Where the zygote's and its children's stderr go (shown on failure).
-    """
+class Zygote(mq_procs.Zygote):
+    """A zygote forking this module's workers (:data:`_MODES`)."""
 
     def __init__(self, log_path: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "zygote"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            text=True,
-            bufsize=1,
-        )
-        ready = self._read()
-        if not ready.get("ready"):
-            raise RuntimeError(f"zygote failed to start: {self.log_tail()}")
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"zygote exited: {self.log_tail()}")
-        return json.loads(line)
-
-    def _call(self, req: dict) -> dict:
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def spawn(self, mode: str, **args: Any) -> int:
-        """Fork a child running ``mode_<mode>(args)``; returns its pid."""
-        return self._call({"op": "spawn", "mode": mode, "args": args})["pid"]
-
-    def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to a child of the zygote."""
-        self._call({"op": "kill", "pid": pid, "sig": int(sig)})
-
-    def wait(self, pid: int, timeout: float) -> int | None:
-        """Exit status of a child (``None`` if still running after ``timeout``)."""
-        return self._call({"op": "wait", "pid": pid, "timeout": timeout})["status"]
-
-    def log_tail(self, max_bytes: int = 6000) -> str:
-        """End of the zygote's stderr log."""
-        self._log.flush()
-        try:
-            with open(self.log_path, "rb") as fh:
-                data = fh.read()
-        except OSError:
-            return ""
-        return data[-max_bytes:].decode("utf-8", "replace")
-
-    def close(self) -> None:
-        """Kill every child and stop the zygote."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
-                self.proc.stdin.flush()
-                self.proc.wait(timeout=15)
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-    def __enter__(self) -> Zygote:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(log_path, script=__file__)
 
 
 # --------------------------------------------------------------------------- log parsing
@@ -475,5 +329,5 @@ class ConsumerLog:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "zygote":
-        sys.exit(_zygote())
+        sys.exit(mq_procs.serve_zygote(_MODES))
     sys.exit(f"usage: {sys.argv[0]} zygote")

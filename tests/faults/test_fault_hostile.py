@@ -24,7 +24,7 @@ import orjson
 import pytest
 import yaml
 from conftest import FAULT_EXAMPLES
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fluxon.api_error import (
@@ -284,6 +284,9 @@ def test_hostile_chan_configs(hostile_cluster, stores, sentinel):
 
     @_settings(80)
     @given(_chan_args())
+    # Valid binds are a minority of the draws: these make sure every run has some.
+    @example(({"capacity": 4}, "hostile-valid", ChanType.MPMC, ChanRole.PRODUCER))
+    @example(({"capacity": 8, "ttl_seconds": 5}, "hostile-valid-2", "MPSC", "consumer"))
     def check(args):
         config, unique_id, chan_type, role = args
         if isinstance(config, dict) and isinstance(config.get("capacity"), int):

@@ -275,7 +275,12 @@ def _prewarm() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _zygote() -> int:
+def serve_zygote(modes: dict) -> int:
+    """Zygote main loop: prewarm, then fork children running ``modes[name](args)``.
+
+    Requests and replies are JSON lines on stdin/stdout (``spawn``, ``kill``, ``wait``,
+    ``exit``); every child left is killed when stdin closes.
+    """
     _die_with_parent()
     _prewarm()
     children: set[int] = set()
@@ -294,7 +299,10 @@ def _zygote() -> int:
                     os.dup2(devnull, 0)
                     os.dup2(devnull, 1)
                     _die_with_parent()
-                    code = _MODES[req["mode"]](req["args"]) or 0
+                    random.seed()
+                    code = modes[req["mode"]](req["args"]) or 0
+                except SystemExit as exc:
+                    code = exc.code if isinstance(exc.code, int) else 2
                 except BaseException:  # noqa: BLE001 - report and exit the child
                     import traceback
 
@@ -347,15 +355,17 @@ class Zygote:
     ----------
     log_path : str
         Where the zygote's and its children's stderr go (shown on failure).
+    script : str
+        The module run as ``script zygote`` (its ``__main__`` calls :func:`serve_zygote`).
     """
 
-    def __init__(self, log_path: str) -> None:
+    def __init__(self, log_path: str, script: str = __file__) -> None:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "zygote"],
+            [sys.executable, os.path.abspath(script), "zygote"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -409,7 +419,7 @@ class Zygote:
             if self.proc.poll() is None:
                 self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
                 self.proc.stdin.flush()
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=15)
         except (OSError, subprocess.TimeoutExpired, ValueError):
             pass
         if self.proc.poll() is None:
@@ -427,5 +437,5 @@ class Zygote:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "zygote":
         sys.path.insert(0, _ROOT)
-        sys.exit(_zygote())
+        sys.exit(serve_zygote(_MODES))
     sys.exit(f"usage: {sys.argv[0]} zygote")
