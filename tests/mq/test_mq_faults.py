@@ -48,10 +48,16 @@ def _parse_victim_log(path):
     return delivered, open_batch
 
 
-def _cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _run_seconds(pid):
+    """CPU time of every thread of ``pid``, exact to the ns (schedstat, not clock ticks)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                total += int(fh.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that just ended
+    return total / 1e9
 
 
 def test_sigkilled_consumers_lose_nothing(cluster, zygote, store, key, tmp_path):
@@ -140,12 +146,13 @@ def test_idle_blocked_consumer_uses_no_cpu(cluster, zygote, key, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(0.3)  # now inside get_data(try_time=None)
-    c0, t0 = _cpu_seconds(pid), time.monotonic()
-    time.sleep(1.5)
-    c1, t1 = _cpu_seconds(pid), time.monotonic()
+    c0, t0 = _run_seconds(pid), time.monotonic()
+    time.sleep(3.0)
+    c1, t1 = _run_seconds(pid), time.monotonic()
     zygote.kill(pid)
     zygote.wait(pid, 10.0)
-    assert (c1 - c0) / (t1 - t0) < 0.05
+    # The issue's bound: under 1 % of a core, all threads together.
+    assert (c1 - c0) / (t1 - t0) < 0.01, f"{(c1 - c0) / (t1 - t0):.2%} of a core"
 
 
 def test_retention_reclaims_channel_mapping_and_memory(fresh_cluster, key):
