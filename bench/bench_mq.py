@@ -48,8 +48,12 @@ def channel(kv_store):
     """A producer and a consumer of a fresh MPMC channel."""
     key = f"bench-mq-{uuid.uuid4().hex[:8]}"
     cfg = {"capacity": 1024, "ttl_seconds": 5}
-    prod = new_or_bind_with_unique_key(kv_store, cfg, key, ChanType.MPMC, ChanRole.PRODUCER).unwrap()
-    cons = new_or_bind_with_unique_key(kv_store, cfg, key, ChanType.MPMC, ChanRole.CONSUMER).unwrap()
+    prod = new_or_bind_with_unique_key(
+        kv_store, cfg, key, ChanType.MPMC, ChanRole.PRODUCER
+    ).unwrap()
+    cons = new_or_bind_with_unique_key(
+        kv_store, cfg, key, ChanType.MPMC, ChanRole.CONSUMER
+    ).unwrap()
     yield prod, cons
     prod.close()
     cons.close()
@@ -143,7 +147,9 @@ def test_get_fluxon(benchmark, channel, size):
         while got < n:
             got += len(get(BATCH, 5.0).unwrap())
 
-    benchmark.pedantic(round_, setup=lambda: _fill(prod, msgs), rounds=ROUNDS[size], warmup_rounds=2)
+    benchmark.pedantic(
+        round_, setup=lambda: _fill(prod, msgs), rounds=ROUNDS[size], warmup_rounds=2
+    )
 
 
 @pytest.mark.parametrize("size", list(SIZES))

@@ -433,7 +433,9 @@ class Runner:
         return row
 
     @staticmethod
-    def _collect(results, n: int, timeout: float, want: str | None = None, role: str | None = None) -> dict:
+    def _collect(
+        results, n: int, timeout: float, want: str | None = None, role: str | None = None
+    ) -> dict:
         out: dict = {}
         deadline = time.monotonic() + timeout
         while len(out) < n:
@@ -492,18 +494,23 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
     lat = [r for r in rows if r["kind"] == "latency"]
     by_key = {(r["system"], r["topology"], r["size"], r["kind"]): r for r in rows}
     lines.append(
-        f"Max throughput, {args.duration:g} s window; consumers: fluxon get_data(batch_size={BATCH}), "
-        "mp.Queue get()."
+        f"Max throughput, {args.duration:g} s window; consumers: "
+        f"fluxon get_data(batch_size={BATCH}), mp.Queue get()."
     )
     lines.append("")
-    lines.append("| topology | payload | fluxon msgs/s | fluxon MB/s | mp.Queue msgs/s | mp.Queue MB/s | ratio | lost (fx/mpq) | load |")
+    lines.append(
+        "| topology | payload | fluxon msgs/s | fluxon MB/s | mp.Queue msgs/s | mp.Queue MB/s "
+        "| ratio | lost (fx/mpq) | load |"
+    )
     lines.append("|---|---|---:|---:|---:|---:|---:|---|---:|")
     for r in tput:
         if r["system"] != "fluxon":
             continue
         peer = by_key.get(("mp.Queue", r["topology"], r["size"], "throughput"), {})
         if "error" in r or "error" in peer:
-            lines.append(f"| {r['topology']} | {r['size']} | error: {r.get('error') or peer.get('error')} |")
+            lines.append(
+                f"| {r['topology']} | {r['size']} | error: {r.get('error') or peer.get('error')} |"
+            )
             continue
         nan = float("nan")
         ratio = r["msgs_s"] / peer["msgs_s"] if peer.get("msgs_s") else nan
@@ -520,7 +527,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
             f"{args.latency_duration:g} s window, µs."
         )
         lines.append("")
-        lines.append("| topology | system | p50 | p99 | p99.9 | samples | lost | CPU µs/msg | load |")
+        lines.append(
+            "| topology | system | p50 | p99 | p99.9 | samples | lost | CPU µs/msg | load |"
+        )
         lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in lat:
             if "error" in r:
@@ -549,8 +558,8 @@ def machine_line() -> str:
     import numpy
 
     return (
-        f"{os.cpu_count()} CPU {model}, Python {platform.python_version()}, numpy {numpy.__version__}, "
-        f"numba {numba.__version__}"
+        f"{os.cpu_count()} CPU {model}, Python {platform.python_version()}, "
+        f"numpy {numpy.__version__}, numba {numba.__version__}"
     )
 
 
@@ -599,7 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report(runner.rows, args))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine_line(), "started": started, "rows": runner.rows}, f, indent=1)
+            json.dump(
+                {"machine": machine_line(), "started": started, "rows": runner.rows}, f, indent=1
+            )
     return 1 if any("error" in r for r in runner.rows) else 0
 
 

@@ -728,7 +728,9 @@ def _build_encoder(keys: tuple, types: tuple) -> Any:
     return _compile(source, "encode", namespace)
 
 
-def _pack_big(fixed: struct.Struct, dst: Any, offset: int, args: tuple, items: tuple, total: int) -> int:
+def _pack_big(
+    fixed: struct.Struct, dst: Any, offset: int, args: tuple, items: tuple, total: int
+) -> int:
     """Write a large encoding: the fixed part with ``fixed``, then each value by slice copy."""
     fixed.pack_into(dst, offset, *args)
     mv = memoryview(dst)
@@ -895,7 +897,9 @@ def _build_decoder(n: int, heads: tuple, keys_raw: bytes) -> Any:
         body.append(f"    if {a} < 0:\n        return None")
         body.append(f"    s{i} = {a}")
         if tag == TAG_NDARRAY:
-            body.append(f"    x{i} = ARRAY(mv, buf, off, {fixed} + s{i}, {ndim}, {meta_len}, {b}, total)")
+            body.append(
+                f"    x{i} = ARRAY(mv, buf, off, {fixed} + s{i}, {ndim}, {meta_len}, {b}, total)"
+            )
             body.append(f"    if x{i} is None:\n        return None")
             vals.append(f"x{i}")
             continue

@@ -47,6 +47,7 @@ from enum import Enum
 from typing import Any
 
 import orjson
+
 from fluxon_kernels.layout.pool_header import CLUSTER_NAME_MAX, OWNER_ID_MAX
 from fluxon_kernels.layout.sizing import MIN_POOL_BYTES
 
@@ -488,7 +489,8 @@ class FluxonKvClientConfig(dict):
                 raw = fh.read()
         except OSError as exc:
             raise InvalidConfigurationError(
-                f"cannot read config file {path!r} ({os.path.abspath(path)}): {exc.strerror or exc}",
+                f"cannot read config file {path!r} ({os.path.abspath(path)}): "
+                f"{exc.strerror or exc}",
                 config_key="path",
                 config_value=path,
             ) from None
@@ -554,7 +556,7 @@ class FluxonKvClientConfig(dict):
 
     @property
     def share_mem_path(self) -> str:
-        """``fluxonkv_spec.share_mem_path``: the pool lives in ``{share_mem_path}/{cluster_name}``."""
+        """``fluxonkv_spec.share_mem_path``: the pool's folder is ``{it}/{cluster_name}``."""
         return self["fluxonkv_spec"]["share_mem_path"]
 
     @property

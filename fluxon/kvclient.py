@@ -420,7 +420,9 @@ class KvClient:
                 self._etcd.delete(naming.member_key(self._cfg.cluster_name, self._cfg.instance_key))
                 self._etcd.revoke(self._lease)
             except EtcdError as exc:
-                _log.warning("could not remove the member record (lease expires on its own): %s", exc)
+                _log.warning(
+                    "could not remove the member record (lease expires on its own): %s", exc
+                )
             self._etcd.close()
         self._pool.unregister_member(self._slot)
         self._pool.close()
@@ -524,7 +526,7 @@ class KvClient:
 
     # ----------------------------------------------------------- public API
     def put(self, key: str, value: dict, opts: PutOptionalArgs | None = None) -> Result:
-        """Store ``value`` (a FlatDict) under ``key``; Result[KvFuture] whose wait() -> Result[OkNone]."""
+        """Store FlatDict ``value`` under ``key``; Result[KvFuture], wait() -> Result[OkNone]."""
         return Result.new_ok(KvFuture(_result_of(lambda: self._put(key, value, opts))))
 
     def put_blocking(self, key: str, value: dict, opts: PutOptionalArgs | None = None) -> Result:
@@ -641,7 +643,8 @@ def new_store(config: Any = None) -> Result:
             cfg = FluxonKvClientConfig(config)
         else:
             raise InvalidConfigurationError(
-                f"config must be a dict, a FluxonKvClientConfig or a path, got {type(config).__name__}",
+                "config must be a dict, a FluxonKvClientConfig or a path, "
+                f"got {type(config).__name__}",
                 config_key="config",
             )
         if not cfg.is_external:
@@ -669,4 +672,3 @@ def new_store(config: Any = None) -> Result:
         return Result.new_error(err)
     client._watchdog.start()
     return Result.new_ok(client)
-

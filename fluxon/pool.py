@@ -38,7 +38,6 @@ from . import naming
 from .api_error import ApiError, InternalError, InvalidConfigurationError, StorageFullError
 from .procinfo import is_process_alive, process_start_time
 
-
 #: MAP_POPULATE pre-faults the whole mapping at attach (about 30 ms per 512 MiB here)
 #: instead of one minor fault per 4 KiB page on first touch (about 2 us each), which
 #: would otherwise dominate every large message until the process had touched the
@@ -194,7 +193,9 @@ class Pool:
         w[ph.W_CREATED_NS] = time.time_ns()
         w[ph.W_OWNER_HEARTBEAT_NS] = time.monotonic_ns()
         w[ph.W_CLUSTER_NAME_LEN] = len(name_raw)
-        b[ph.CLUSTER_NAME_OFF : ph.CLUSTER_NAME_OFF + len(name_raw)] = np.frombuffer(name_raw, np.uint8)
+        b[ph.CLUSTER_NAME_OFF : ph.CLUSTER_NAME_OFF + len(name_raw)] = np.frombuffer(
+            name_raw, np.uint8
+        )
         w[ph.W_OWNER_ID_LEN] = len(owner_raw)
         b[ph.OWNER_ID_OFF : ph.OWNER_ID_OFF + len(owner_raw)] = np.frombuffer(owner_raw, np.uint8)
         kpool.pool_publish_ready(w)
@@ -388,7 +389,9 @@ class Pool:
         try:
             size = os.fstat(fd).st_size
             if size < ph.HEADER_BYTES:
-                raise InternalError(f"pool file {path} is truncated ({size} bytes)", component="pool")
+                raise InternalError(
+                    f"pool file {path} is truncated ({size} bytes)", component="pool"
+                )
             mm = mmap.mmap(fd, size, _MAP_FLAGS, mmap.PROT_READ | mmap.PROT_WRITE)
         except BaseException:
             os.close(fd)

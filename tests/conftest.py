@@ -28,11 +28,11 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from fluxon import naming
-from fluxon.etcd_client import connect
-from fluxon.etcd_server import EtcdServer, free_port
-from fluxon.runtime import start_kv_master_process, start_owner_kvclient_process
-from fluxon.runtime.process_runner import stop_process
+from fluxon import naming  # noqa: E402
+from fluxon.etcd_client import connect  # noqa: E402
+from fluxon.etcd_server import EtcdServer, free_port  # noqa: E402
+from fluxon.runtime import start_kv_master_process, start_owner_kvclient_process  # noqa: E402
+from fluxon.runtime.process_runner import stop_process  # noqa: E402
 
 #: Default pool size of test clusters.
 TEST_POOL_BYTES = 64 << 20

@@ -24,6 +24,7 @@ from .ctrlc import register_ctrlc_callback
 
 _log = logging.getLogger("fluxon.runtime")
 
+
 def die_with_parent_argv(argv: Sequence[str], sig: int = signal.SIGTERM) -> list[str]:
     """Wrap ``argv`` so the program gets ``sig`` when the calling thread exits.
 

@@ -9,7 +9,6 @@ import textwrap
 
 import orjson
 import pytest
-from fluxon_kernels import status
 
 from fluxon import api_error as ae
 from fluxon.api_error import (
@@ -25,6 +24,7 @@ from fluxon.api_error import (
     Result,
     error_from_status,
 )
+from fluxon_kernels import status
 
 #: Names and codes user programs written for the reference rely on.
 REFERENCE_CODES = {

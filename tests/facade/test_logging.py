@@ -82,7 +82,8 @@ def test_messages_go_to_stderr_above_the_threshold(name, monkeypatch, capsys):
     assert "quiet message" not in captured.err
     line = captured.err.strip()
     assert re.fullmatch(
-        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{{3}} WARNING +\d+ {re.escape(name)}: loud message 42",
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{{3}} WARNING +\d+ "
+        rf"{re.escape(name)}: loud message 42",
         line,
     ), line
     assert "\x1b[" not in captured.err  # not a terminal: no colour

@@ -94,9 +94,7 @@ _BAD_VALUES = st.one_of(
     st.builds(object),
     st.text(alphabet=st.characters(categories=["Cs"]), min_size=1, max_size=3),
 )
-_GOOD_KEYS = st.text(
-    alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40
-)
+_GOOD_KEYS = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=40)
 _BAD_KEYS = st.one_of(
     st.just(""),
     st.integers(),

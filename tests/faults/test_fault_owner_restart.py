@@ -157,9 +157,7 @@ def test_members_that_died_while_the_owner_was_down_are_reaped(
     cluster.start_owner()
 
     # The new owner reaps the holder: its 6 prefetched messages come back, its slot frees.
-    wait_until(
-        lambda: {m.pid for m in store.pool.members()} == baseline_members, 20, "the reaping"
-    )
+    wait_until(lambda: {m.pid for m in store.pool.members()} == baseline_members, 20, "the reaping")
     wait_until(lambda: store.owner_problem() == "", 10, "the client to see the new owner")
     consumer = _bind(store, key, ChanRole.CONSUMER)
     got = {(m["p"], m["seq"]) for m in _drain(consumer)}

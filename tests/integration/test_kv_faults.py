@@ -92,7 +92,9 @@ def test_shared_json_of_another_cluster_is_refused(fake_owner):
 
 def test_garbage_shared_json_is_reported(fake_owner):
     pool, _, cfg = fake_owner
-    with open(naming.shared_json(cfg["fluxonkv_spec"]["share_mem_path"], "fake-cluster"), "w") as fh:
+    with open(
+        naming.shared_json(cfg["fluxonkv_spec"]["share_mem_path"], "fake-cluster"), "w"
+    ) as fh:
         fh.write("{not json")
     err = new_store(cfg).unwrap_error()
     assert isinstance(err, InternalError) and "shared.json" in str(err)

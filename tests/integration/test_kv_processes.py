@@ -119,7 +119,9 @@ def test_sigkilled_client_blocks_are_reclaimed(fresh_cluster):
             f"free {free_now}, expected {expected_free}, baseline {baseline}; members "
             f"{[m.to_dict() for m in observer.pool.members()]}\n{_owner_log(fresh_cluster)}"
         )
-        assert [m.name for m in observer.pool.members() if m.kind_name == "external"] == ["observer"]
+        assert [m.name for m in observer.pool.members() if m.kind_name == "external"] == [
+            "observer"
+        ]
         got = observer.get_blocking("survivor").unwrap().access()
         assert np.array_equal(got["x"], np.arange(1000))
         # the dead member's instance key is free again

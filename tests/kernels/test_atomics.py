@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 import pytest
+from numba import njit
+
 from fluxon_kernels import atomics as at
 from fluxon_kernels.atomics import (
     cas,
@@ -21,8 +23,6 @@ from fluxon_kernels.atomics import (
     store_release,
     swap,
 )
-from numba import njit
-
 from tests.model import attach_pool_file
 
 # ---------------------------------------------------------------------------

@@ -7,9 +7,21 @@ import os
 import subprocess
 import sys
 
-import fluxon_kernels.heap as heap_mod
 import numpy as np
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+import fluxon_kernels.heap as heap_mod
 from fluxon_kernels import status
 from fluxon_kernels.heap import (
     heap_alloc,
@@ -28,18 +40,6 @@ from fluxon_kernels.heap import (
 )
 from fluxon_kernels.layout import pool_header as ph
 from fluxon_kernels.layout.heap import KV_TAG_BASE, MAX_BLOCK_BYTES
-from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    consumes,
-    invariant,
-    multiple,
-    precondition,
-    rule,
-)
-
 from tests.model import heap_tags, make_pool
 from tests.model.heap_model import HeapModel
 

@@ -9,6 +9,10 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
 from fluxon_kernels import status
 from fluxon_kernels.heap import (
     heap_alloc,
@@ -34,10 +38,6 @@ from fluxon_kernels.kv import (
 from fluxon_kernels.layout import kv_bucket as kb
 from fluxon_kernels.layout import pool_header as ph
 from fluxon_kernels.layout.heap import KV_TAG_BASE
-from hypothesis import settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-
 from tests.model import make_pool
 from tests.model.kv_model import KvModel
 

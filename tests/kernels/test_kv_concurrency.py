@@ -20,9 +20,11 @@ import random
 import signal
 import time
 
-import fluxon_kernels.kv as kv_mod
 import numpy as np
 import pytest
+from numba import njit
+
+import fluxon_kernels.kv as kv_mod
 from fluxon_kernels import status
 from fluxon_kernels.atomics import load_acquire, store_relaxed
 from fluxon_kernels.heap import (
@@ -51,8 +53,6 @@ from fluxon_kernels.kv import (
 from fluxon_kernels.layout import kv_bucket as kb
 from fluxon_kernels.layout import pool_header as ph
 from fluxon_kernels.layout.heap import KV_TAG_BASE
-from numba import njit
-
 from tests.model import attach_pool_file, create_pool_file, heap_tags, make_pool
 
 UNIT = 1024

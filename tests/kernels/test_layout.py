@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+
 from fluxon_kernels.layout import heap as lh
 from fluxon_kernels.layout import kv_bucket as kb
 from fluxon_kernels.layout import member as mb

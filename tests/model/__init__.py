@@ -17,6 +17,7 @@ import mmap
 import os
 
 import numpy as np
+
 from fluxon_kernels.layout import pool_header as ph
 from fluxon_kernels.layout.sizing import MIN_POOL_BYTES, compute_layout
 
