@@ -187,6 +187,9 @@ class _ChanEndpoint:
         base = int(pool.b.ctypes.data)
         self._data_addr = base + int(kchan.seq_byte_offset(pool.w, self._c, 0))
         self._space_addr = base + int(kchan.seq_byte_offset(pool.w, self._c, 1))
+        w, c = pool.w, self._c
+        self._wait_begin = partial(_fast(kchan.wait_begin, w, c, 0), w, c)
+        self._wait_end = partial(_fast(kchan.wait_end, w, c, 0), w, c)
         self._chan_keepalive: Any = None
         self._member_lease: int | None = None
         self._member_keepalive: Any = None
@@ -403,10 +406,10 @@ class _ChanEndpoint:
                 return None
             if now >= spin_end:
                 break
-        w, c = self._w, self._c
         addr = self._space_addr if space else self._data_addr
+        wait_begin, wait_end = self._wait_begin, self._wait_end
         while True:
-            seq = int(kchan.wait_begin(w, c, space))
+            seq = wait_begin(space)
             try:
                 # Registered before this re-check: a change after it bumps the sequence
                 # and the futex wait below returns at once (no lost wake-up).
@@ -424,8 +427,13 @@ class _ChanEndpoint:
                     timeout = min(WAIT_SLICE_S, left)
                 self._stats.sleeps += 1
                 futex_wait(addr, seq_expected(seq), timeout)
+                # Woken (or timed out): try at once, still registered -- the worst a
+                # publisher sees meanwhile is one wake-up nobody needed.
+                got = attempt()
+                if got is not None:
+                    return got
             finally:
-                kchan.wait_end(w, c, space)
+                wait_end(space)
 
 
 class _ChanProducer(_ChanEndpoint):
