@@ -554,8 +554,14 @@ class _ChanProducer(_ChanEndpoint):
             (naming the field) for a value that is not a FlatDict or can never fit —
             nothing is written then.
         """
-        t0 = _perf_ns()
+        # Statistics time one fast call in ``st.every`` (all of them unless calls come
+        # fast, see fluxon.stats); the countdown says whether this one is timed.
+        st = self._stats
+        k = st.skip - 1
+        st.skip = k
+        t0 = 0 if k else _perf_ns()
         if self._closed or self._api._owner_lost:
+            st.skip = k + 1
             return self._unusable()
         # Fast path: a message of a shape seen before, encoded straight into the scratch
         # buffer (or, too big to sit inline, into a reserved pool block) and published.
@@ -579,12 +585,14 @@ class _ChanProducer(_ChanEndpoint):
         if rc >= 0:
             if rc:
                 futex_wake(self._data_addr)  # consumers sleep: wake them
-            now = _perf_ns()
-            self._stats.record_put(now - t0, True, now)
+            if not k:
+                now = _perf_ns()
+                st.record_put_sampled(now - t0, now)
             return _OK_TRUE
+        st.skip = k + 1  # not a fast call: recorded on its own (or not at all if closed)
         if rc == _CLOSED:
             return self._closed_error()
-        return self._put_slow(value, try_time, t0)
+        return self._put_slow(value, try_time, t0 or _perf_ns())
 
     def _put_slow(self, value: Any, try_time: float | None, t0: int) -> Result:
         """Everything but a fast-path publish that went through at once."""
@@ -993,8 +1001,13 @@ class _ChanConsumer(_ChanEndpoint):
             call), MessageConsumptionNoNewMessageError if none came within ``try_time``,
             ChannelClosedError after :meth:`close`.
         """
-        t0 = _perf_ns()
+        # Statistics time one call in ``st.every`` that returns at once (see put_data).
+        st = self._stats
+        k = st.skip - 1
+        st.skip = k
+        t0 = 0 if k else _perf_ns()
         if self._closed or self._api._owner_lost:
+            st.skip = k + 1
             return self._unusable()
         if (
             type(batch_size) is not int
@@ -1002,17 +1015,29 @@ class _ChanConsumer(_ChanEndpoint):
             or type(prefetch_num) is not int
             or (prefetch_num < 0)
         ):
+            st.skip = k + 1
             return Result.new_error(self._bad_args(batch_size, prefetch_num))
         want = batch_size + prefetch_num
         try:
             got = self._try_get(batch_size, want)
+            if got:  # messages at once: the fast call
+                st.prefetch_queue = self._pf_end - self._pf_start
+                st.prefetch_target = want
+                if k:
+                    st.messages += len(got)
+                else:
+                    now = _perf_ns()
+                    st.record_get_sampled(now - t0, len(got), now)
+                return Result.new_ok(got)
+            st.skip = k + 1  # not a fast call: recorded on its own below
+            if not t0:
+                t0 = _perf_ns()
             if got is None:
                 got = self._get_wait(batch_size, want, try_time, t0)
         except ApiError as err:
             return Result.new_error(err)
         if got is False:
             return self._closed_error()
-        st = self._stats
         st.prefetch_queue = self._pf_end - self._pf_start
         st.prefetch_target = want
         now = _perf_ns()

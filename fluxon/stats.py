@@ -16,6 +16,15 @@ arithmetic on the histogram (percentiles) happens off the hot path, when a recor
   ``get_one breakdown`` and ``MpscConsumer prefetch``; producers log
   ``py-put latency`` (the keywords of the latency-triage table).
 
+**Sampling.** While a handle makes more than :data:`SAMPLE_ABOVE_PER_S` calls a
+second, only one in :data:`SAMPLE_EVERY` of its *fast* calls (a ``put_data`` or
+``get_data`` that went through at once) reads the clock and is recorded, standing for
+the calls of its cycle; the others only count down ``skip`` (and consumers add their
+messages). Calls that wait, time out or fail are always recorded. Counts (calls,
+messages, timeouts) stay exact; percentiles come from the sampled durations; the
+averages count the untimed calls at the mean of their cycle's samples. Below that rate
+every call is timed.
+
 What a handle calls (``now_ns`` = ``time.perf_counter_ns()``, already taken by the
 caller for its own timing)::
 
@@ -310,6 +319,14 @@ def _ms(ns: float) -> float:
 
 #: Samples a recorder buffers before folding them into its histogram (one numpy pass).
 SAMPLE_BUFFER = 4096
+#: Low bits of a buffered sample holding its weight - 1 (how many calls it stands for).
+WEIGHT_BITS = 5
+WEIGHT_MASK = (1 << WEIGHT_BITS) - 1
+#: Sampling of fast put_data/get_data calls (returning at once) above this many calls
+#: per second ...
+SAMPLE_ABOVE_PER_S = 20_000
+#: ... one call timed in this many (at most 1 << WEIGHT_BITS).
+SAMPLE_EVERY = 16
 
 
 def bucket_indices(ns: np.ndarray) -> np.ndarray:
@@ -333,8 +350,9 @@ class _HandleStats:
     """What producer and consumer recorders share: window, lifetime, flush schedule.
 
     The hot path only appends the call's duration to a sample buffer (a numpy array
-    written through a memoryview; a timed-out call is stored as ``~ns``, i.e.
-    negative). The buffer is folded into the window (calls, timeouts, total, max,
+    written through a memoryview; ``ns << WEIGHT_BITS | weight - 1``, a timed-out call
+    stored complemented, i.e. negative), and while sampling (``every > 1``) only one
+    fast call in ``every`` does even that. The buffer is folded into the window (calls, timeouts, total, max,
     histogram) in one vectorised pass when it is full or a flush is due, so a record
     call costs one Python call and a few integer operations. Several threads using
     one handle at once may lose or double count a sample; nothing worse.
@@ -346,6 +364,8 @@ class _HandleStats:
         "_buf",
         "_buf_mv",
         "_n",
+        "_recent",
+        "_recent_since_ns",
         "_last_window",
         "_life",
         "_next_log_ns",
@@ -354,6 +374,8 @@ class _HandleStats:
         "_window_start_ns",
         "block",
         "calls",
+        "every",
+        "skip",
         "chan_id",
         "codec_ns",
         "hist",
@@ -406,6 +428,10 @@ class _HandleStats:
         self._buf = np.zeros(SAMPLE_BUFFER, dtype=np.int64)
         self._buf_mv = memoryview(self._buf)
         self._n = 0
+        # Sampling of fast calls (put_data/get_data returning at once): 1 = every call timed.
+        self.every = 1
+        self.skip = 1
+        self._recent = 0
         self._reset_window()
         self._life = dict.fromkeys(self._WINDOW_FIELDS, 0)
         self._last_window: dict | None = None
@@ -415,6 +441,7 @@ class _HandleStats:
         self._next_log_ns = now + self.log_interval_ns
         self._next_publish_ns = now + self.publish_interval_ns if block is not None else 1 << 62
         self._due_ns = min(self._next_log_ns, self._next_publish_ns)
+        self._recent_since_ns = now
         self._flush_lock = threading.Lock()
 
     # ------------------------------------------------------------- window
@@ -432,23 +459,42 @@ class _HandleStats:
         self.hist.reset()
 
     def _drain(self) -> None:
-        """Fold the buffered samples into the window (vectorised)."""
+        """Fold the buffered samples into the window (vectorised).
+
+        A sample is ``ns << WEIGHT_BITS | (weight - 1)`` (complemented for a timeout):
+        a sampled fast call stands for ``weight`` calls (itself and the untimed ones
+        before it). Untimed fast calls since the last sample are counted here too, at
+        the mean duration of this batch's samples, so call and message counts stay exact.
+        """
         n = self._n
         self._n = 0
-        if n <= 0:
+        pending = self.every - self.skip
+        self.skip = self.every
+        if n <= 0 and pending <= 0:
             return
         v = self._buf[: min(n, SAMPLE_BUFFER)]
         timed_out = v < 0
-        t = np.where(timed_out, ~v, v)
+        raw = np.where(timed_out, ~v, v)
+        t = raw >> WEIGHT_BITS
+        wt = (raw & WEIGHT_MASK) + 1
+        calls = int(wt.sum())
         timeouts = int(timed_out.sum())
-        self.calls += len(v)
+        total = int((t * wt).sum())
+        if pending > 0:
+            total += (total // calls if calls else 0) * pending
+            calls += pending
+        self.calls += calls
+        self._recent += calls
         self.timeouts += timeouts
-        self._count_published(len(v) - timeouts)
-        self.total_ns += int(t.sum())
-        self.max_ns = max(self.max_ns, int(t.max()))
-        low = int(t.min())
-        self.min_ns = low if self.min_ns < 0 else min(self.min_ns, low)
-        self.hist.counts += np.bincount(bucket_indices(t), minlength=N_BUCKETS)
+        self._count_published(calls - timeouts)
+        self.total_ns += total
+        if len(v):
+            self.max_ns = max(self.max_ns, int(t.max()))
+            low = int(t.min())
+            self.min_ns = low if self.min_ns < 0 else min(self.min_ns, low)
+            self.hist.counts += np.bincount(
+                bucket_indices(t), weights=wt, minlength=N_BUCKETS
+            ).astype(np.int64)
 
     def _count_published(self, n: int) -> None:
         """Producers count messages from their samples; consumers count batch sizes."""
@@ -484,6 +530,7 @@ class _HandleStats:
             return  # another thread is flushing this recorder
         try:
             self._drain()
+            self._adapt_sampling(now)
             if now >= self._next_publish_ns or force_publish:
                 self._next_publish_ns = now + self.publish_interval_ns
                 self.publish(now)
@@ -495,6 +542,18 @@ class _HandleStats:
             self._due_ns = min(self._next_log_ns, self._next_publish_ns)
         finally:
             self._flush_lock.release()
+
+    def _adapt_sampling(self, now: int) -> None:
+        """Time one fast call in :data:`SAMPLE_EVERY` while calls come faster than
+        :data:`SAMPLE_ABOVE_PER_S` (where a timer read per call would show in the cost),
+        every call otherwise (exact percentiles when calls are few)."""
+        elapsed = now - self._recent_since_ns
+        if elapsed < 100_000_000:
+            return
+        every = SAMPLE_EVERY if self._recent * 1e9 > SAMPLE_ABOVE_PER_S * elapsed else 1
+        self.every = self.skip = every  # _drain just closed the cycle
+        self._recent = 0
+        self._recent_since_ns = now
 
     def _roll(self, now: int) -> None:
         """End the window: log it (if it saw calls), fold it into the lifetime totals."""
@@ -632,7 +691,23 @@ class ConsumerStats(_HandleStats):
         if i >= SAMPLE_BUFFER:
             self._drain()
             i = 0
-        self._buf_mv[i] = total_ns if n_messages else ~total_ns
+        self._buf_mv[i] = total_ns << WEIGHT_BITS if n_messages else ~(total_ns << WEIGHT_BITS)
+        self._n = i + 1
+        self.messages += n_messages
+        if now_ns >= self._due_ns:
+            self.flush(now_ns)
+
+    def record_get_sampled(self, total_ns: int, n_messages: int, now_ns: int) -> None:
+        """The timed call of a sampling cycle returned ``n_messages`` at once after
+        ``total_ns``; it stands for the ``every`` calls of its cycle (the untimed ones
+        added their messages to ``messages`` themselves)."""
+        every = self.every
+        self.skip = every  # this cycle ends here (before a _drain, which counts pending calls)
+        i = self._n
+        if i >= SAMPLE_BUFFER:
+            self._drain()
+            i = 0
+        self._buf_mv[i] = (total_ns << WEIGHT_BITS) | (every - 1)
         self._n = i + 1
         self.messages += n_messages
         if now_ns >= self._due_ns:
@@ -737,7 +812,21 @@ class ProducerStats(_HandleStats):
         if i >= SAMPLE_BUFFER:
             self._drain()
             i = 0
-        self._buf_mv[i] = total_ns if published else ~total_ns
+        self._buf_mv[i] = total_ns << WEIGHT_BITS if published else ~(total_ns << WEIGHT_BITS)
+        self._n = i + 1
+        if now_ns >= self._due_ns:
+            self.flush(now_ns)
+
+    def record_put_sampled(self, total_ns: int, now_ns: int) -> None:
+        """The sampled call of a sampling cycle (see ``skip``/``every``) published at
+        once after ``total_ns``; it stands for the ``every`` calls of its cycle."""
+        every = self.every
+        self.skip = every  # this cycle ends here (before a _drain, which counts pending calls)
+        i = self._n
+        if i >= SAMPLE_BUFFER:
+            self._drain()
+            i = 0
+        self._buf_mv[i] = (total_ns << WEIGHT_BITS) | (every - 1)
         self._n = i + 1
         if now_ns >= self._due_ns:
             self.flush(now_ns)
@@ -749,7 +838,7 @@ class ProducerStats(_HandleStats):
         if i >= SAMPLE_BUFFER:
             self._drain()
             i = 0
-        self._buf_mv[i] = total_ns if complete else ~total_ns
+        self._buf_mv[i] = total_ns << WEIGHT_BITS if complete else ~(total_ns << WEIGHT_BITS)
         self._n = i + 1
         # _drain counts one message per completed sample; the batch adds the rest.
         self.messages += n_published - (1 if complete else 0)
@@ -787,7 +876,14 @@ class NullConsumerStats(ConsumerStats):
 
     __slots__ = ()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.every = self.skip = 1 << 62  # never samples: get_data reads no timer
+
     def record_get(self, total_ns: int, n_messages: int, now_ns: int) -> None:
+        """Do nothing."""
+
+    def record_get_sampled(self, total_ns: int, n_messages: int, now_ns: int) -> None:
         """Do nothing."""
 
     def flush(self, now_ns: int | None = None, force_publish: bool = False) -> None:
@@ -799,7 +895,14 @@ class NullProducerStats(ProducerStats):
 
     __slots__ = ()
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.every = self.skip = 1 << 62  # never samples: put_data reads no timer
+
     def record_put(self, total_ns: int, published: bool, now_ns: int) -> None:
+        """Do nothing."""
+
+    def record_put_sampled(self, total_ns: int, now_ns: int) -> None:
         """Do nothing."""
 
     def record_put_many(self, total_ns: int, n_published: int, complete: bool, now_ns: int) -> None:

@@ -224,3 +224,54 @@ def test_close_frees_the_stats_blocks(cluster, monkeypatch):
         consumer.close()
     finally:
         store.close()
+
+
+def test_fast_handles_are_sampled_and_counts_stay_exact(cluster):
+    """Calls faster than SAMPLE_ABOVE_PER_S: one in SAMPLE_EVERY timed, every call counted."""
+    from fluxon.stats import SAMPLE_EVERY
+
+    key = f"obs-sample-{uuid.uuid4().hex[:8]}"
+    store = new_store(cluster.client_config(f"obs-sample-{uuid.uuid4().hex[:6]}")).unwrap()
+    try:
+        cfg = {"capacity": 64}
+        producer = new_or_bind_with_unique_key(
+            store, cfg, key, ChanType.MPMC, ChanRole.PRODUCER
+        ).unwrap()
+        consumer = new_or_bind_with_unique_key(
+            store, cfg, key, ChanType.MPMC, ChanRole.CONSUMER
+        ).unwrap()
+        st, cst = producer._stats, consumer._stats
+        sent = gets = 0
+        deadline = time.monotonic() + 30
+        while st.every == 1 or cst.every == 1:  # sampling starts at a flush
+            for _ in range(32):
+                assert producer.put_data({"seq": sent}, try_time=0).unwrap() is True
+                sent += 1
+                assert len(consumer.get_data(batch_size=1, try_time=1).unwrap()) == 1
+                gets += 1
+            assert time.monotonic() < deadline, "handles never switched to sampling"
+        assert st.every == SAMPLE_EVERY
+        for _ in range(SAMPLE_EVERY * 10 + 3):  # ends mid-cycle: untimed calls pending
+            assert producer.put_data({"seq": sent}, try_time=0).unwrap() is True
+            sent += 1
+            consumer.get_data(batch_size=1, try_time=1).unwrap()
+            gets += 1
+        life = st.lifetime()
+        assert life["calls"] == sent and life["messages"] == sent and life["timeouts"] == 0
+        win = st.window()
+        assert 0 < win["p50_ns"] <= win["p99_ns"] <= win["max_ns"]
+        assert win["avg_ns"] > 0
+        assert cst.every == SAMPLE_EVERY
+        clife = cst.lifetime()
+        assert clife["calls"] == gets and clife["messages"] == sent and clife["timeouts"] == 0
+        cwin = cst.window()
+        assert 0 < cwin["p50_ns"] <= cwin["p99_ns"] <= cwin["max_ns"]
+        # A slow call (no room) is still recorded on its own, as a timeout.
+        for _ in range(64):
+            producer.put_data({"seq": -1}, try_time=0)
+        assert producer.put_data({"seq": -2}, try_time=0.05).unwrap() is False
+        life = st.lifetime()
+        assert life["timeouts"] >= 1 and life["calls"] == sent + 65
+        assert producer.close().is_ok() and consumer.close().is_ok()
+    finally:
+        store.close()
