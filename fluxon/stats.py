@@ -352,10 +352,11 @@ class _HandleStats:
     The hot path only appends the call's duration to a sample buffer (a numpy array
     written through a memoryview; ``ns << WEIGHT_BITS | weight - 1``, a timed-out call
     stored complemented, i.e. negative), and while sampling (``every > 1``) only one
-    fast call in ``every`` does even that. The buffer is folded into the window (calls, timeouts, total, max,
-    histogram) in one vectorised pass when it is full or a flush is due, so a record
-    call costs one Python call and a few integer operations. Several threads using
-    one handle at once may lose or double count a sample; nothing worse.
+    fast call in ``every`` does even that. The buffer is folded into the window
+    (calls, timeouts, total, max, histogram) in one vectorised pass when it is full or
+    a flush is due, so a record call costs one Python call and a few integer
+    operations. Several threads using one handle at once may lose or double count a
+    sample; nothing worse.
     """
 
     __slots__ = (
@@ -495,6 +496,19 @@ class _HandleStats:
             self.hist.counts += np.bincount(
                 bucket_indices(t), weights=wt, minlength=N_BUCKETS
             ).astype(np.int64)
+
+    def _record_sampled(self, total_ns: int, now_ns: int) -> None:
+        """Record the timed call that ends a sampling cycle: it stands for ``every`` calls."""
+        every = self.every
+        self.skip = every  # the cycle ends here (before a _drain, which counts pending calls)
+        i = self._n
+        if i >= SAMPLE_BUFFER:
+            self._drain()
+            i = 0
+        self._buf_mv[i] = (total_ns << WEIGHT_BITS) | (every - 1)
+        self._n = i + 1
+        if now_ns >= self._due_ns:
+            self.flush(now_ns)
 
     def _count_published(self, n: int) -> None:
         """Producers count messages from their samples; consumers count batch sizes."""
@@ -701,17 +715,8 @@ class ConsumerStats(_HandleStats):
         """The timed call of a sampling cycle returned ``n_messages`` at once after
         ``total_ns``; it stands for the ``every`` calls of its cycle (the untimed ones
         added their messages to ``messages`` themselves)."""
-        every = self.every
-        self.skip = every  # this cycle ends here (before a _drain, which counts pending calls)
-        i = self._n
-        if i >= SAMPLE_BUFFER:
-            self._drain()
-            i = 0
-        self._buf_mv[i] = (total_ns << WEIGHT_BITS) | (every - 1)
-        self._n = i + 1
         self.messages += n_messages
-        if now_ns >= self._due_ns:
-            self.flush(now_ns)
+        self._record_sampled(total_ns, now_ns)
 
     def _extra_window(self) -> dict:
         return {"prefetch_queue": self.prefetch_queue, "prefetch_target": self.prefetch_target}
@@ -820,16 +825,7 @@ class ProducerStats(_HandleStats):
     def record_put_sampled(self, total_ns: int, now_ns: int) -> None:
         """The sampled call of a sampling cycle (see ``skip``/``every``) published at
         once after ``total_ns``; it stands for the ``every`` calls of its cycle."""
-        every = self.every
-        self.skip = every  # this cycle ends here (before a _drain, which counts pending calls)
-        i = self._n
-        if i >= SAMPLE_BUFFER:
-            self._drain()
-            i = 0
-        self._buf_mv[i] = (total_ns << WEIGHT_BITS) | (every - 1)
-        self._n = i + 1
-        if now_ns >= self._due_ns:
-            self.flush(now_ns)
+        self._record_sampled(total_ns, now_ns)
 
     def record_put_many(self, total_ns: int, n_published: int, complete: bool, now_ns: int) -> None:
         """One batch call (``put_data_many``) published ``n_published`` messages; it
