@@ -67,6 +67,30 @@ def _mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+def _let_others_traverse() -> list[tuple[str, int]]:
+    """Give other users search (x) permission on the folders above the checkout and the
+    interpreter's packages (a clone in a 0700 ``mktemp -d`` folder hides them from the
+    other user); returns ``(folder, old mode)`` pairs to restore."""
+    import site
+    import sysconfig
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tops = {root, sys.prefix, sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+    changed: dict[str, int] = {}
+    for top in tops:
+        d = os.path.realpath(top)
+        while True:
+            mode = stat.S_IMODE(os.stat(d).st_mode)
+            if not mode & stat.S_IXOTH and d not in changed:
+                changed[d] = mode
+                os.chmod(d, mode | stat.S_IXOTH)
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
+    return list(changed.items())
+
+
 def _as_user(cluster, tmp_path, *, gid: str, cfg: dict | None = None) -> dict:
     """Run the probe above as user ``nobody`` with primary group ``gid``, no others."""
     setpriv = shutil.which("setpriv")
@@ -74,6 +98,7 @@ def _as_user(cluster, tmp_path, *, gid: str, cfg: dict | None = None) -> dict:
         pytest.skip("running a client as another user needs root and setpriv")
     # The other user cannot write the project's Numba cache: give it its own.
     cache = tempfile.mkdtemp(prefix="fluxon-other-user-")
+    opened = _let_others_traverse()
     try:
         os.chmod(cache, 0o777)
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, HOME=cache)
@@ -86,6 +111,8 @@ def _as_user(cluster, tmp_path, *, gid: str, cfg: dict | None = None) -> dict:
         )  # fmt: skip
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+        for d, mode in opened:
+            os.chmod(d, mode)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
