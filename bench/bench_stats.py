@@ -8,9 +8,10 @@ Two levels, each measured beside its baseline in one invocation:
   a switched-off recorder (``NullConsumerStats``) and against no call at all.
 * ``mq-roundtrip-64B``: one ``put_data`` + one ``get_data`` of a 64-byte message on
   an MPMC channel, with handles bound under ``FLUXON_MQ_STATS=1`` (recording,
-  publishing) and ``FLUXON_MQ_STATS=0`` (null recorders; the handles' breakdown timers
-  still run). ``bench/stats_cost.py`` measures the same pair interleaved, in CPU time,
-  which holds up better on a machine shared with other work.
+  publishing) and ``FLUXON_MQ_STATS=0`` (null recorders, nothing timed).
+  ``bench/stats_cost.py`` measures the same pair interleaved, in CPU time, which holds
+  up better on a machine shared with other work; ``bench/stats_cost_e2e.py`` end to
+  end, two processes.
 
 Run with ``make bench``; numbers go to bench/README.md by hand, with date and machine.
 """

@@ -8,9 +8,9 @@ Usage::
 Two channels in one pool, each with a producer and a consumer in this process: one
 pair bound with ``FLUXON_MQ_STATS=1`` (recording, publishing into the pool stats block
 every 0.5 s, logging every ``FLUXON_LATENCY_LOG_INTERVAL_S``), one with
-``FLUXON_MQ_STATS=0`` (null recorders; the breakdown timers of the handles still
-run). Each round times a block of each workload on both pairs, in alternating order,
-so a machine shared with other work slows both alike:
+``FLUXON_MQ_STATS=0`` (null recorders: the handles time nothing). Each round times a
+block of each workload on both pairs, in alternating order, so a machine shared with
+other work slows both alike:
 
 * ``roundtrip 64 B``: ``put_data`` + ``get_data(batch_size=1)`` of a 64-byte message;
 * ``batch 32 x 64 B``: 32 ``put_data`` then one ``get_data(batch_size=32)``.

@@ -183,6 +183,7 @@ class _ChanEndpoint:
         self._lock = threading.Lock()
         self._close_lock = threading.Lock()
         self._closed = False
+        self._wait_end_ns = 0  # see _wait_for
         self._close_done = False
         base = int(pool.b.ctypes.data)
         self._data_addr = base + int(kchan.seq_byte_offset(pool.w, self._c, 0))
@@ -392,17 +393,28 @@ class _ChanEndpoint:
         register as a waiter (``wait_begin``), re-check, and sleep on the channel's futex
         word (``DATA_SEQ`` for consumers, ``SPACE_SEQ`` for producers) in slices of at
         most :data:`WAIT_SLICE_S`. Returns ``None`` once ``deadline`` (perf_counter ns)
-        passed.
+        passed. ``_wait_end_ns`` is then the clock read just before the last attempt
+        (where the waiting ended, without the work of the attempt that succeeded).
         """
-        if deadline is not None and _perf_ns() >= deadline:
+        now = _perf_ns()
+        if deadline is not None and now >= deadline:
+            self._wait_end_ns = now
             return None
-        spin_end = _perf_ns() + int(spin_s * 1e9)
+        st = self._stats
+        if now >= st.idle_due_ns:  # the recorder's periodic work, done while idle
+            st.skip += 1  # (this call is not over: it belongs to the cycle after the flush)
+            st.flush(now)
+            st.skip -= 1
+            now = _perf_ns()
+        spin_end = now + int(spin_s * 1e9)
         while True:
             got = attempt()
             if got is not None:
+                self._wait_end_ns = now
                 return got
             now = _perf_ns()
             if deadline is not None and now >= deadline:
+                self._wait_end_ns = now
                 return None
             if now >= spin_end:
                 break
@@ -415,6 +427,7 @@ class _ChanEndpoint:
                 # and the futex wait below returns at once (no lost wake-up).
                 got = attempt()
                 if got is not None:
+                    self._wait_end_ns = now
                     return got
                 if self._owner_gone():
                     raise self._owner_error()
@@ -423,14 +436,17 @@ class _ChanEndpoint:
                 else:
                     left = (deadline - _perf_ns()) / 1e9
                     if left <= 0:
+                        self._wait_end_ns = deadline
                         return None
                     timeout = min(WAIT_SLICE_S, left)
-                self._stats.sleeps += 1
+                st.sleeps += 1
                 futex_wait(addr, seq_expected(seq), timeout)
+                now = _perf_ns()
                 # Woken (or timed out): try at once, still registered -- the worst a
                 # publisher sees meanwhile is one wake-up nobody needed.
                 got = attempt()
                 if got is not None:
+                    self._wait_end_ns = now
                     return got
             finally:
                 wait_end(space)
@@ -554,14 +570,19 @@ class _ChanProducer(_ChanEndpoint):
             (naming the field) for a value that is not a FlatDict or can never fit —
             nothing is written then.
         """
-        # Statistics time one fast call in ``st.every`` (all of them unless calls come
-        # fast, see fluxon.stats); the countdown says whether this one is timed.
+        # Statistics time one call in ``st.every`` (all of them unless calls come fast,
+        # see fluxon.stats); the countdown says whether this one is timed, and ``w`` is
+        # how many calls its times stand for (0: untimed, no clock read).
         st = self._stats
         k = st.skip - 1
         st.skip = k
-        t0 = 0 if k else _perf_ns()
+        if k:
+            w = t0 = 0
+        else:
+            w = st.every
+            t0 = _perf_ns()
         if self._closed or self._api._owner_lost:
-            st.skip = k + 1
+            st.skip += 1  # not counted
             return self._unusable()
         # Fast path: a message of a shape seen before, encoded straight into the scratch
         # buffer (or, too big to sit inline, into a reserved pool block) and published.
@@ -585,50 +606,63 @@ class _ChanProducer(_ChanEndpoint):
         if rc >= 0:
             if rc:
                 futex_wake(self._data_addr)  # consumers sleep: wake them
-            if not k:
+            if w:
                 now = _perf_ns()
-                st.record_put_sampled(now - t0, now)
+                st.record_put_sampled(now - t0, True, now)
             return _OK_TRUE
-        st.skip = k + 1  # not a fast call: recorded on its own (or not at all if closed)
-        if rc == _CLOSED:
-            return self._closed_error()
-        return self._put_slow(value, try_time, t0 or _perf_ns())
-
-    def _put_slow(self, value: Any, try_time: float | None, t0: int) -> Result:
-        """Everything but a fast-path publish that went through at once."""
-        try:
-            prepared = _prepare(value)
-            n = prepared.size
-            if n > self._max_bytes:
-                raise InvalidArgumentError(
-                    f"message encodes to {n} bytes; the pool can hold at most {self._max_bytes}",
-                    details={"size": n},
-                )
-            got = self._try_put(prepared, n)
-            if got == 0:
-                got = self._put_wait(prepared, n, try_time, t0)
-        except ApiError as err:
-            return Result.new_error(err)
+        got = -1
+        if rc != _CLOSED:
+            try:
+                if not t0:
+                    t0 = _perf_ns()
+                sleeps = st.sleeps
+                got = self._put_slow(value, try_time, t0, w)
+                if got == 0 or st.sleeps != sleeps:
+                    w = -1  # slept or timed out: recorded on its own (tails stay exact)
+            except ApiError as err:
+                st.skip += 1
+                return Result.new_error(err)
         if got < 0:
+            st.skip += 1
             return self._closed_error()
-        now = _perf_ns()
-        self._stats.record_put(now - t0, got == 1, now)
+        if w:
+            now = _perf_ns()
+            if w < 0:
+                st.skip += 1
+                st.record_put(now - t0, got == 1, now)
+            else:
+                st.record_put_sampled(now - t0, got == 1, now)
         return _OK_TRUE if got == 1 else _OK_FALSE
 
-    def _put_wait(self, prepared: Any, n: int, try_time: float | None, t0: int) -> int:
-        """Wait for room; returns 1 (published), 0 (timeout) or -1 (closed)."""
+    def _put_slow(self, value: Any, try_time: float | None, t0: int, w: int) -> int:
+        """Everything but a fast-path publish that went through at once: 1 published,
+        0 no room within ``try_time``, -1 closed; raises ApiError. ``w``: see put_data."""
+        prepared = _prepare(value)
+        n = prepared.size
+        if n > self._max_bytes:
+            raise InvalidArgumentError(
+                f"message encodes to {n} bytes; the pool can hold at most {self._max_bytes}",
+                details={"size": n},
+            )
+        got = self._try_put(prepared, n)
+        if got:
+            return got
         deadline = self._deadline(try_time, t0)
         st = self._stats
-        st.waits += 1
+        sleeps = st.sleeps
 
         def attempt() -> int | None:
             return self._try_put(prepared, n) or None
 
         w0 = _perf_ns()
-        try:
-            got = self._wait_for(attempt, 1, deadline, SPIN_S)
-        finally:
-            st.wait_ns += _perf_ns() - w0
+        got = self._wait_for(attempt, 1, deadline, SPIN_S)
+        st.waits += 1  # (counted after a flush the wait may start with: in the call's window)
+        # Waiting time: exact for a wait that slept or timed out (recorded on its own),
+        # sampled (w times one timed call's) for a wait that only spun.
+        if got is None or st.sleeps != sleeps:
+            st.wait_ns += self._wait_end_ns - w0
+        elif w:
+            st.wait_ns += (self._wait_end_ns - w0) * w
         return 0 if got is None else got
 
     def put_data_many(self, values: Sequence[dict], try_time: float | None = None) -> Result:
@@ -820,11 +854,12 @@ class _ChanConsumer(_ChanEndpoint):
                 futex_wake(self._data_addr)
         kchan.cons_detach(self._w, self._c, self._entry, self._tag)
 
-    def _try_get(self, batch_size: int, want: int) -> list | bool | None:
+    def _try_get(self, batch_size: int, want: int, w: int) -> list | bool | None:
         """Claim (topping the handle up to ``want``) and deliver up to ``batch_size``.
 
         Returns the decoded messages, ``None`` if nothing is available, ``False`` if the
-        handle is closed.
+        handle is closed. ``w`` > 0: a timed call standing for ``w`` calls, whose
+        breakdown (claim, copy-out, decode) is measured and counted ``w`` times.
         """
         with self._lock:
             if self._closed:
@@ -833,7 +868,8 @@ class _ChanConsumer(_ChanEndpoint):
             have = end - start
             held = have  # claimed by earlier calls: handed out first
             t = got = 0  # t: when the claim below returned (the copy-out starts there)
-            if have < want:
+            claiming = have < want
+            if claiming:
                 arr = self._claimed
                 if start:
                     if have:
@@ -844,9 +880,12 @@ class _ChanConsumer(_ChanEndpoint):
                     grown = np.zeros(max(want, 2 * arr.shape[0]), dtype=np.int64)
                     grown[:have] = arr[:have]
                     self._claimed = arr = grown
-                tc = _perf_ns()
-                got = self._k_claim(arr[end:] if end else arr, want - have)
-                t = _perf_ns()
+                if w:
+                    tc = _perf_ns()
+                    got = self._k_claim(arr[end:] if end else arr, want - have)
+                    t = _perf_ns()
+                else:
+                    got = self._k_claim(arr[end:] if end else arr, want - have)
                 end += got
                 self._pf_end = end
                 have = end - start
@@ -854,21 +893,26 @@ class _ChanConsumer(_ChanEndpoint):
                 return None  # an empty claim is part of waiting, not kernel time
             k = batch_size if batch_size < have else have
             st = self._stats
-            if t:
-                st.claim_ns += t - tc
-                st.kernel_ns += t - tc
+            if claiming:
                 st.claim_calls += 1
                 st.claimed += got
-            else:
-                t = _perf_ns()
             if held:
                 st.prefetch_hits += held if held < k else k
-            return self._take(start, k, t)
+            if w:
+                if claiming:
+                    st.claim_ns += (t - tc) * w
+                    st.kernel_ns += (t - tc) * w
+                else:
+                    t = _perf_ns()
+                st.prefetch_queue = have - k
+                st.prefetch_target = want
+            return self._take(start, k, t, w)
 
-    def _take(self, start: int, k: int, t: int) -> list:
+    def _take(self, start: int, k: int, t: int, w: int) -> list:
         """Copy out and decode ``k`` claimed slots from ``start``, then complete them.
 
-        ``t`` (perf_counter ns) is when the copy-out started. Completing last keeps the
+        ``t`` (perf_counter ns) is when the copy-out started (``w``: see :meth:`_try_get`;
+        0 measures nothing). Completing last keeps the
         messages claimed (so redelivered if this process is killed) until they are
         decoded and about to be returned to the caller.
         """
@@ -881,7 +925,7 @@ class _ChanConsumer(_ChanEndpoint):
         self._k_lengths(slots, k, lens_arr)
         lens = lens_arr[:k].tolist()
         if min(lens) >= DIRECT_DECODE_BYTES:
-            return self._take_large(start, slots, k, lens, t)
+            return self._take_large(start, slots, k, lens, t, w)
         # Each message 8-aligned in one private buffer (its arrays are views of it).
         # Equal lengths (the common case) give offsets i * stride; _offs keeps them
         # from one call to the next (_offs_stride, _offs_count say which are valid).
@@ -905,7 +949,8 @@ class _ChanConsumer(_ChanEndpoint):
             self._offs_stride = 0
         buf = np.empty(pos, dtype=np.uint8)
         self._k_copy(slots, k, buf, offs_arr)
-        t1 = _perf_ns()
+        if w:
+            t1 = _perf_ns()
         try:
             out = _decode_many(buf, offs, lens)
         except MsgDeserializeError:
@@ -914,15 +959,18 @@ class _ChanConsumer(_ChanEndpoint):
         self._pf_start = start + k
         if self._k_complete(slots, k):
             futex_wake(self._space_addr)
-        st = self._stats
-        dt = (t1 - t) + (_perf_ns() - t2)
-        st.take_ns += dt
-        st.kernel_ns += dt
-        st.codec_ns += t2 - t1
+        if w:
+            st = self._stats
+            dt = ((t1 - t) + (_perf_ns() - t2)) * w
+            st.take_ns += dt
+            st.kernel_ns += dt
+            st.codec_ns += (t2 - t1) * w
         self._note_arrivals(t2, k)
         return out
 
-    def _take_large(self, start: int, slots: np.ndarray, k: int, lens: list, t: int) -> list:
+    def _take_large(
+        self, start: int, slots: np.ndarray, k: int, lens: list, t: int, w: int
+    ) -> list:
         """:meth:`_take` for large messages: one copy each instead of two when possible.
 
         A message whose shape decodes without ndarray views (``codec.decode_detached``)
@@ -946,11 +994,12 @@ class _ChanConsumer(_ChanEndpoint):
         self._pf_start = start + k
         if self._k_complete(slots, k):
             futex_wake(self._space_addr)
-        st = self._stats
-        dt = _perf_ns() - t2
-        st.take_ns += dt
-        st.kernel_ns += dt
-        st.codec_ns += t2 - t  # decoding, and copying out what could not decode in place
+        if w:
+            st = self._stats
+            dt = (_perf_ns() - t2) * w
+            st.take_ns += dt
+            st.kernel_ns += dt
+            st.codec_ns += (t2 - t) * w  # decoding, and copying out what could not in place
         self._note_arrivals(t2, k)
         return out
 
@@ -1001,13 +1050,17 @@ class _ChanConsumer(_ChanEndpoint):
             call), MessageConsumptionNoNewMessageError if none came within ``try_time``,
             ChannelClosedError after :meth:`close`.
         """
-        # Statistics time one call in ``st.every`` that returns at once (see put_data).
+        # Statistics time one call in ``st.every`` (see put_data).
         st = self._stats
         k = st.skip - 1
         st.skip = k
-        t0 = 0 if k else _perf_ns()
+        if k:
+            w = t0 = 0
+        else:
+            w = st.every
+            t0 = _perf_ns()
         if self._closed or self._api._owner_lost:
-            st.skip = k + 1
+            st.skip += 1  # not counted
             return self._unusable()
         if (
             type(batch_size) is not int
@@ -1015,36 +1068,36 @@ class _ChanConsumer(_ChanEndpoint):
             or type(prefetch_num) is not int
             or (prefetch_num < 0)
         ):
-            st.skip = k + 1
+            st.skip += 1
             return Result.new_error(self._bad_args(batch_size, prefetch_num))
         want = batch_size + prefetch_num
         try:
-            got = self._try_get(batch_size, want)
-            if got:  # messages at once: the fast call
-                st.prefetch_queue = self._pf_end - self._pf_start
-                st.prefetch_target = want
-                if k:
-                    st.messages += len(got)
-                else:
-                    now = _perf_ns()
-                    st.record_get_sampled(now - t0, len(got), now)
-                return Result.new_ok(got)
-            st.skip = k + 1  # not a fast call: recorded on its own below
-            if not t0:
-                t0 = _perf_ns()
+            got = self._try_get(batch_size, want, w)
             if got is None:
-                got = self._get_wait(batch_size, want, try_time, t0)
+                if not t0:
+                    t0 = _perf_ns()
+                sleeps = st.sleeps
+                got = self._get_wait(batch_size, want, try_time, t0, w)
+                if got is None or st.sleeps != sleeps:
+                    w = -1  # slept or timed out: recorded on its own (tails stay exact)
         except ApiError as err:
+            st.skip += 1
             return Result.new_error(err)
         if got is False:
+            st.skip += 1
             return self._closed_error()
-        st.prefetch_queue = self._pf_end - self._pf_start
-        st.prefetch_target = want
-        now = _perf_ns()
+        n = 0 if got is None else len(got)  # (empty only if nothing decoded)
+        if w:
+            now = _perf_ns()
+            if w < 0:
+                st.skip += 1
+                st.record_get(now - t0, n, now)
+            else:
+                st.record_get_sampled(now - t0, n, now)
+        else:
+            st.messages += n
         if got is not None:
-            st.record_get(now - t0, len(got), now)
             return Result.new_ok(got)
-        st.record_get(now - t0, 0, now)  # a timeout
         return Result.new_error(
             MessageConsumptionNoNewMessageError(
                 f"no message on channel {self._chan_id} within try_time={try_time} s",
@@ -1065,12 +1118,17 @@ class _ChanConsumer(_ChanEndpoint):
         )
 
     def _get_wait(
-        self, batch_size: int, want: int, try_time: float | None, t0: int
+        self, batch_size: int, want: int, try_time: float | None, t0: int, w: int
     ) -> list | bool | None:
-        """Wait for the first message; returns the messages, None (timeout) or False."""
+        """Wait for the first message; returns the messages, None (timeout) or False.
+
+        The waiting time (up to the attempt that found messages, whose claim, copy-out
+        and decoding count as such) is added exactly for a wait that slept or timed out
+        (the call is recorded on its own), ``w`` times for a timed call that only spun.
+        """
         deadline = self._deadline(try_time, t0)
         st = self._stats
-        st.waits += 1
+        sleeps = st.sleeps
         # Spin about two mean gaps when messages come often enough for that to pay
         # (a futex wake-up costs tens of microseconds); else only briefly.
         gap = self._gap_ns
@@ -1078,16 +1136,20 @@ class _ChanConsumer(_ChanEndpoint):
             spin_ns = SPIN_NS
         else:
             spin_ns = min(SPIN_MAX_NS, max(SPIN_NS, 2 * gap))
-        # wait_ns is the waiting alone: the kernel and decode time of the attempts made
-        # meanwhile (and of the one that found messages) is counted where it happens.
-        w0 = _perf_ns()
-        busy0 = st.kernel_ns + st.codec_ns
-        try:
-            return self._wait_for(
-                lambda: self._try_get(batch_size, want), 0, deadline, spin_ns / 1e9
-            )
-        finally:
-            st.wait_ns += _perf_ns() - w0 - (st.kernel_ns + st.codec_ns - busy0)
+        if w > 1:
+            busy = (st.kernel_ns, st.codec_ns, st.claim_ns, st.take_ns)
+        got = self._wait_for(lambda: self._try_get(batch_size, want, w), 0, deadline, spin_ns / 1e9)
+        st.waits += 1  # (counted after a flush the wait may start with: in the call's window)
+        if got is None or st.sleeps != sleeps:
+            st.wait_ns += self._wait_end_ns - t0
+            if w > 1:  # recorded on its own: its breakdown counts once, not w times
+                st.kernel_ns, st.codec_ns, st.claim_ns, st.take_ns = (
+                    b + (a - b) // w
+                    for a, b in zip((st.kernel_ns, st.codec_ns, st.claim_ns, st.take_ns), busy)
+                )
+        elif w:
+            st.wait_ns += (self._wait_end_ns - t0) * w
+        return got
 
 
 class MPMCChanProducer(_ChanProducer):

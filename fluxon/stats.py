@@ -16,14 +16,22 @@ arithmetic on the histogram (percentiles) happens off the hot path, when a recor
   ``get_one breakdown`` and ``MpscConsumer prefetch``; producers log
   ``py-put latency`` (the keywords of the latency-triage table).
 
-**Sampling.** While a handle makes more than :data:`SAMPLE_ABOVE_PER_S` calls a
-second, only one in :data:`SAMPLE_EVERY` of its *fast* calls (a ``put_data`` or
-``get_data`` that went through at once) reads the clock and is recorded, standing for
-the calls of its cycle; the others only count down ``skip`` (and consumers add their
-messages). Calls that wait, time out or fail are always recorded. Counts (calls,
-messages, timeouts) stay exact; percentiles come from the sampled durations; the
-averages count the untimed calls at the mean of their cycle's samples. Below that rate
-every call is timed.
+**Sampling.** A handle times only one in ``every`` of its ``put_data``/``get_data``
+calls that neither slept nor timed out (they went through at once, or after spinning
+briefly): that call reads the clock, measures its breakdown and is recorded, standing
+for the calls of its cycle; the others only count down ``skip`` (consumers add their
+messages). ``every`` (a power of two, 1 to :data:`MAX_EVERY`) follows the call rate so
+that timed calls come :data:`TIMED_GAP_NS` apart: each timed call doubles it if it came
+sooner after the previous one, lowers it to what the gap says if later. So about 125
+to 500 calls a second are timed (a timed call costs some 300 ns; every call while fewer
+than 500 a second come, more above 128 000 a second), and a burst after an idle spell
+is sampled within a few milliseconds. The flush (publish, log) happens in timed calls
+and in waiting ones, so after a burst at most ``every`` further calls may pass before
+the next flush. A call that slept on the futex or timed out is always timed and
+recorded on its own, so the tail (p99, max) and the waiting time stay exact. Counts
+(calls, messages, timeouts, waits, sleeps) are exact; percentiles come from the sampled
+durations; times (averages, the breakdown, spinning) count each timed call for its
+cycle. Calls that fail (closed handle, bad arguments) are not recorded.
 
 What a handle calls (``now_ns`` = ``time.perf_counter_ns()``, already taken by the
 caller for its own timing)::
@@ -320,13 +328,16 @@ def _ms(ns: float) -> float:
 #: Samples a recorder buffers before folding them into its histogram (one numpy pass).
 SAMPLE_BUFFER = 4096
 #: Low bits of a buffered sample holding its weight - 1 (how many calls it stands for).
-WEIGHT_BITS = 5
+WEIGHT_BITS = 10
 WEIGHT_MASK = (1 << WEIGHT_BITS) - 1
-#: Sampling of fast put_data/get_data calls (returning at once) above this many calls
-#: per second ...
-SAMPLE_ABOVE_PER_S = 20_000
-#: ... one call timed in this many (at most 1 << WEIGHT_BITS).
-SAMPLE_EVERY = 16
+#: Sampling: the gap (ns) wanted between timed calls, low and high bound.
+TIMED_GAP_NS = (2_000_000, 8_000_000)
+#: Most calls one timed call stands for (a burst followed by silence leaves at most this
+#: many calls counted but not yet flushed).
+MAX_EVERY = 256
+#: A handle that waits flushes (publish, log) while it waits; one that never waits
+#: does it in a record call this much (ns) later.
+FLUSH_GRACE_NS = 25_000_000
 
 
 def bucket_indices(ns: np.ndarray) -> np.ndarray:
@@ -361,12 +372,12 @@ class _HandleStats:
 
     __slots__ = (
         "_due_ns",
+        "idle_due_ns",
         "_flush_lock",
         "_buf",
         "_buf_mv",
         "_n",
-        "_recent",
-        "_recent_since_ns",
+        "_last_timed_ns",
         "_last_window",
         "_life",
         "_next_log_ns",
@@ -432,7 +443,7 @@ class _HandleStats:
         # Sampling of fast calls (put_data/get_data returning at once): 1 = every call timed.
         self.every = 1
         self.skip = 1
-        self._recent = 0
+        self._last_timed_ns = 0
         self._reset_window()
         self._life = dict.fromkeys(self._WINDOW_FIELDS, 0)
         self._last_window: dict | None = None
@@ -441,8 +452,7 @@ class _HandleStats:
         self._window_start_ns = now
         self._next_log_ns = now + self.log_interval_ns
         self._next_publish_ns = now + self.publish_interval_ns if block is not None else 1 << 62
-        self._due_ns = min(self._next_log_ns, self._next_publish_ns)
-        self._recent_since_ns = now
+        self._schedule()
         self._flush_lock = threading.Lock()
 
     # ------------------------------------------------------------- window
@@ -485,7 +495,6 @@ class _HandleStats:
             total += (total // calls if calls else 0) * pending
             calls += pending
         self.calls += calls
-        self._recent += calls
         self.timeouts += timeouts
         self._count_published(calls - timeouts)
         self.total_ns += total
@@ -497,15 +506,25 @@ class _HandleStats:
                 bucket_indices(t), weights=wt, minlength=N_BUCKETS
             ).astype(np.int64)
 
-    def _record_sampled(self, total_ns: int, now_ns: int) -> None:
-        """Record the timed call that ends a sampling cycle: it stands for ``every`` calls."""
+    def _record_sampled(self, total_ns: int, ok: bool, now_ns: int) -> None:
+        """Record the timed call that ends a sampling cycle: it stands for ``every`` calls
+        (``ok`` False: it timed out; the untimed ones counted their own timeouts)."""
         every = self.every
+        weight = every - self.skip  # calls of this cycle (every, unless a flush cut it)
+        gap = now_ns - self._last_timed_ns
+        self._last_timed_ns = now_ns
+        if gap < TIMED_GAP_NS[0]:
+            if every < MAX_EVERY:
+                self.every = every = every << 1
+        elif gap > TIMED_GAP_NS[1] and every > 1:  # (down at once to what the gap says)
+            self.every = every = max(1, every >> (gap // TIMED_GAP_NS[1]).bit_length())
         self.skip = every  # the cycle ends here (before a _drain, which counts pending calls)
         i = self._n
         if i >= SAMPLE_BUFFER:
             self._drain()
             i = 0
-        self._buf_mv[i] = (total_ns << WEIGHT_BITS) | (every - 1)
+        v = (total_ns << WEIGHT_BITS) | (max(1, min(weight, MAX_EVERY)) - 1)
+        self._buf_mv[i] = v if ok else ~v
         self._n = i + 1
         if now_ns >= self._due_ns:
             self.flush(now_ns)
@@ -544,7 +563,6 @@ class _HandleStats:
             return  # another thread is flushing this recorder
         try:
             self._drain()
-            self._adapt_sampling(now)
             if now >= self._next_publish_ns or force_publish:
                 self._next_publish_ns = now + self.publish_interval_ns
                 self.publish(now)
@@ -553,21 +571,17 @@ class _HandleStats:
                 self._roll(now)
             if self.block is None:
                 self._next_publish_ns = 1 << 62
-            self._due_ns = min(self._next_log_ns, self._next_publish_ns)
+            self._schedule()
         finally:
             self._flush_lock.release()
 
-    def _adapt_sampling(self, now: int) -> None:
-        """Time one fast call in :data:`SAMPLE_EVERY` while calls come faster than
-        :data:`SAMPLE_ABOVE_PER_S` (where a timer read per call would show in the cost),
-        every call otherwise (exact percentiles when calls are few)."""
-        elapsed = now - self._recent_since_ns
-        if elapsed < 100_000_000:
-            return
-        every = SAMPLE_EVERY if self._recent * 1e9 > SAMPLE_ABOVE_PER_S * elapsed else 1
-        self.every = self.skip = every  # _drain just closed the cycle
-        self._recent = 0
-        self._recent_since_ns = now
+    def _schedule(self) -> None:
+        """When the next flush is due: ``idle_due_ns`` for a handle about to wait (its
+        waiting loop flushes then, off the path of the next message), ``_due_ns`` (a
+        grace later) for the record calls of a handle that never waits."""
+        due = min(self._next_log_ns, self._next_publish_ns)
+        self.idle_due_ns = due
+        self._due_ns = due + FLUSH_GRACE_NS
 
     def _roll(self, now: int) -> None:
         """End the window: log it (if it saw calls), fold it into the lifetime totals."""
@@ -712,11 +726,11 @@ class ConsumerStats(_HandleStats):
             self.flush(now_ns)
 
     def record_get_sampled(self, total_ns: int, n_messages: int, now_ns: int) -> None:
-        """The timed call of a sampling cycle returned ``n_messages`` at once after
+        """The timed call of a sampling cycle returned ``n_messages`` (0: timed out) after
         ``total_ns``; it stands for the ``every`` calls of its cycle (the untimed ones
         added their messages to ``messages`` themselves)."""
         self.messages += n_messages
-        self._record_sampled(total_ns, now_ns)
+        self._record_sampled(total_ns, n_messages > 0, now_ns)
 
     def _extra_window(self) -> dict:
         return {"prefetch_queue": self.prefetch_queue, "prefetch_target": self.prefetch_target}
@@ -822,10 +836,11 @@ class ProducerStats(_HandleStats):
         if now_ns >= self._due_ns:
             self.flush(now_ns)
 
-    def record_put_sampled(self, total_ns: int, now_ns: int) -> None:
-        """The sampled call of a sampling cycle (see ``skip``/``every``) published at
-        once after ``total_ns``; it stands for the ``every`` calls of its cycle."""
-        self._record_sampled(total_ns, now_ns)
+    def record_put_sampled(self, total_ns: int, published: bool, now_ns: int) -> None:
+        """The timed call of a sampling cycle (see ``skip``/``every``) ended after
+        ``total_ns`` (``published``: Ok(True)); it stands for the ``every`` calls of its
+        cycle."""
+        self._record_sampled(total_ns, published, now_ns)
 
     def record_put_many(self, total_ns: int, n_published: int, complete: bool, now_ns: int) -> None:
         """One batch call (``put_data_many``) published ``n_published`` messages; it
@@ -867,14 +882,24 @@ class ProducerStats(_HandleStats):
         )
 
 
-class NullConsumerStats(ConsumerStats):
-    """A consumer recorder that records nothing (statistics switched off)."""
+class _Off:
+    """What the null recorders share: they never time a call and never flush."""
 
     __slots__ = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.every = self.skip = 1 << 62  # never samples: get_data reads no timer
+        self.every = self.skip = 1 << 62  # never samples: put_data/get_data read no timer
+        self.idle_due_ns = 1 << 62
+
+    def flush(self, now_ns: int | None = None, force_publish: bool = False) -> None:
+        """Do nothing."""
+
+
+class NullConsumerStats(_Off, ConsumerStats):
+    """A consumer recorder that records nothing (statistics switched off)."""
+
+    __slots__ = ()
 
     def record_get(self, total_ns: int, n_messages: int, now_ns: int) -> None:
         """Do nothing."""
@@ -882,29 +907,19 @@ class NullConsumerStats(ConsumerStats):
     def record_get_sampled(self, total_ns: int, n_messages: int, now_ns: int) -> None:
         """Do nothing."""
 
-    def flush(self, now_ns: int | None = None, force_publish: bool = False) -> None:
-        """Do nothing."""
 
-
-class NullProducerStats(ProducerStats):
+class NullProducerStats(_Off, ProducerStats):
     """A producer recorder that records nothing (statistics switched off)."""
 
     __slots__ = ()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.every = self.skip = 1 << 62  # never samples: put_data reads no timer
-
     def record_put(self, total_ns: int, published: bool, now_ns: int) -> None:
         """Do nothing."""
 
-    def record_put_sampled(self, total_ns: int, now_ns: int) -> None:
+    def record_put_sampled(self, total_ns: int, published: bool, now_ns: int) -> None:
         """Do nothing."""
 
     def record_put_many(self, total_ns: int, n_published: int, complete: bool, now_ns: int) -> None:
-        """Do nothing."""
-
-    def flush(self, now_ns: int | None = None, force_publish: bool = False) -> None:
         """Do nothing."""
 
 

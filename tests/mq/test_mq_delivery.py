@@ -288,8 +288,9 @@ def test_latency_lines_are_logged_every_interval(store, key, mq_caplog, monkeypa
     monkeypatch.setenv(LOG_INTERVAL_ENV, "0.05")  # read when a handle is bound
     producer = _bind(store, key, ChanRole.PRODUCER, capacity=64)
     consumer = _bind(store, key, ChanRole.CONSUMER)
-    for seq in range(10):
+    for seq in range(10):  # slower than sampling starts: every put is timed and flushes
         producer.put_data(make_message(1, seq)).unwrap()
+        time.sleep(0.002)
     consumer.get_data(batch_size=4, try_time=1, prefetch_num=2).unwrap()
     time.sleep(0.1)
     producer.put_data(make_message(1, 10)).unwrap()

@@ -14,6 +14,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fluxon_kernels.channel as kchan
 from fluxon import stats
@@ -69,6 +71,77 @@ def test_recorder_buffer_overflow_and_timeouts():
     life = rec.lifetime()
     assert (life["calls"], life["timeouts"]) == (n + 2, timeouts + 1)
     assert life["messages"] == n - timeouts + 9
+
+
+def _calls_at_rate(rec, rate: float, n: int, t0: int = 1_000_000_000) -> int:
+    """n fast get_data calls 1/rate s apart, as the handle makes them; returns the clock."""
+    for i in range(n):
+        now = t0 + int(i * 1e9 / rate)
+        k = rec.skip - 1
+        rec.skip = k
+        if k:
+            rec.messages += 1
+        else:
+            rec.record_get_sampled(100, 1, now)
+    return now
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(min_value=50, max_value=5e6), st.floats(min_value=50, max_value=5e6))
+def test_sampling_follows_the_call_rate_and_counts_stay_exact(rate, rate2):
+    rec = stats.ConsumerStats(1, 2, "k")
+    lo, hi = stats.TIMED_GAP_NS
+    now = 0
+    for r in (rate, rate2):  # a rate, then another one
+        now = _calls_at_rate(rec, r, 5_000, now + 5_000_000_000)  # (after an idle spell)
+        # Settled: timed calls lo..hi apart, unless every call is timed or MAX_EVERY is.
+        gap = rec.every * 1e9 / r
+        if rec.every > 1:
+            assert gap <= 2 * hi
+        if rec.every < stats.MAX_EVERY:
+            assert gap >= lo / 2
+    life = rec.lifetime()
+    assert life["calls"] == life["messages"] == 10_000 and life["timeouts"] == 0
+
+
+def test_sampled_calls_at_the_largest_period_count_exactly():
+    rec = stats.ConsumerStats(1, 2, "k")
+    rec.every = rec.skip = stats.MAX_EVERY
+    calls = 0
+    for cycle in range(5):
+        for _ in range(stats.MAX_EVERY - 1):  # untimed calls: what get_data does
+            rec.skip -= 1
+            rec.messages += 2
+            calls += 1
+        rec.skip -= 1
+        rec.record_get_sampled(1000 + cycle, 2, 0)
+        calls += 1
+    for _ in range(7):  # a cycle left open
+        rec.skip -= 1
+        rec.messages += 2
+        calls += 1
+    life = rec.lifetime()
+    assert (life["calls"], life["messages"], life["timeouts"]) == (calls, 2 * calls, 0)
+    assert int(rec.hist.counts.sum()) == 5 * stats.MAX_EVERY
+    # A flush while a call waits (what the handle's waiting loop does when a flush is
+    # due) closes the cycle without that call, which then belongs to the next cycle.
+    rec.every = rec.skip = 8
+    for _ in range(3):
+        rec.skip -= 1
+        calls += 1
+    rec.skip -= 1  # the call that waits, the cycle's fourth
+    rec.skip += 1
+    rec.flush()
+    rec.skip -= 1
+    assert rec.calls == calls  # the flush counted the calls before it, not it
+    calls += 1  # it ends untimed
+    while rec.skip > 1:
+        rec.skip -= 1
+        calls += 1
+    rec.skip -= 1
+    rec.record_get_sampled(7, 1, 0)  # the cycle's timed call: it stands for its cycle
+    calls += 1
+    assert rec.lifetime()["calls"] == calls
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
