@@ -5,12 +5,14 @@ Usage::
     python bench/stats_cost.py              # 30 rounds (about 15 s on 2 cores)
     python bench/stats_cost.py --rounds 60
 
-Two channels in one pool, each with a producer and a consumer in this process: one
-pair bound with ``FLUXON_MQ_STATS=1`` (recording, publishing into the pool stats block
-every 0.5 s, logging every ``FLUXON_LATENCY_LOG_INTERVAL_S``), one with
-``FLUXON_MQ_STATS=0`` (null recorders: the handles time nothing). Each round times a
-block of each workload on both pairs, in alternating order, so a machine shared with
-other work slows both alike:
+Channels in one pool, each with a producer and a consumer in this process: pairs
+bound with ``FLUXON_MQ_STATS=1`` (recording, publishing into the pool stats block every
+0.5 s, logging every ``FLUXON_LATENCY_LOG_INTERVAL_S``) and with ``FLUXON_MQ_STATS=0``
+(null recorders: the handles time nothing), two of each, created in the order on, off,
+off, on; rounds use the first two and the last two in turn (where a channel lands in
+the pool shows in its speed). Each round times a block of each workload on an on and
+an off pair, in an order that flips every two rounds, so a machine shared with other
+work slows both alike:
 
 * ``roundtrip 64 B``: ``put_data`` + ``get_data(batch_size=1)`` of a 64-byte message;
 * ``batch 32 x 64 B``: 32 ``put_data`` then one ``get_data(batch_size=32)``.
@@ -135,18 +137,24 @@ def run(rounds: int) -> None:
                 "fluxonkv_spec": {"cluster_name": "stats-cost", "share_mem_path": share},
             }
         ).unwrap()
-        pairs = {v: _bind_pair(store, mq, v == "on") for v in VARIANTS}
-        for pair in pairs.values():
-            handles.extend(pair)
+        # Two channel sets, created in the order on, off, off, on; rounds use them in turn
+        # (where a channel lands in the pool shows in its speed).
+        sets: list[dict] = [{}, {}]
+        for i, v in ((0, "on"), (0, "off"), (1, "off"), (1, "on")):
+            sets[i][v] = _bind_pair(store, mq, v == "on")
+            handles.extend(sets[i][v])
+        pairs = sets[0]
         load_before = _busy_cores(1.0)
         for fn, n in WORKLOADS.values():  # warm up: compile, page in, fill the caches
-            for pair in pairs.values():
-                fn(*pair, n)
+            for pairs in sets:
+                for pair in pairs.values():
+                    fn(*pair, n)
         cpu = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
         wall = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
         start = time.monotonic()
         for r in range(rounds):
-            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
+            order = VARIANTS if (r // 2) % 2 == 0 else VARIANTS[::-1]
+            pairs = sets[r % 2]
             for w, (fn, n) in WORKLOADS.items():
                 for v in order:
                     c, t = fn(*pairs[v], n)
@@ -172,14 +180,17 @@ def run(rounds: int) -> None:
         f"{load_after:.2f} (this process sleeps then: other processes and the service plane)."
     )
     print("\nns per message (this thread's CPU time; wall time in the last column pair).\n")
-    print("| workload | on median | off median | on - off | on / off | on min | off min "
-          "| on wall | off wall |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| workload | on median | off median | on - off | on / off | per round on / off: "
+          "median [IQR] | on min | off min | on wall | off wall |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for w in WORKLOADS:
         on, off = (statistics.median(cpu[(w, v)]) for v in VARIANTS)
         on_w, off_w = (statistics.median(wall[(w, v)]) for v in VARIANTS)
+        ratios = [a / b for a, b in zip(cpu[(w, "on")], cpu[(w, "off")])]
+        q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
         print(
             f"| {w} | {on:.0f} | {off:.0f} | {on - off:+.0f} | {on / off:.3f} "
+            f"| {q2:.3f} [{q1:.3f}, {q3:.3f}] "
             f"| {min(cpu[(w, 'on')]):.0f} | {min(cpu[(w, 'off')]):.0f} | {on_w:.0f} | {off_w:.0f} |"
         )
 
