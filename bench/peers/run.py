@@ -63,7 +63,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 << 20), "MALLOC_TRIM_THRESHOLD_":
 #: Bytes of undelivered messages a queue may hold (capacity = this / payload, 8..1024).
 CAPACITY_BYTES = 64 << 20
 #: Target rates of the latency runs (msgs/s, all producers together), by payload size.
-LATENCY_RATES = {64: 1000, 4096: 1000, 1 << 20: 200}
+LATENCY_RATES = {64: 10_000, 4096: 10_000, 1 << 20: 200}
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency-rate-scale",
         type=float,
         default=1.0,
-        help="multiply the latency runs' target rates (1000/s small, 200/s 1 MiB)",
+        help="multiply the latency runs' target rates (10 000/s small, 200/s 1 MiB)",
     )
     p.add_argument(
         "--warm-n", type=int, default=200, help="warm-up messages per producer (fewer for 1 MiB)"
