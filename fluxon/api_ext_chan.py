@@ -731,7 +731,9 @@ class _ChanProducer(_ChanEndpoint):
         """Encode every message (small ones end to end in one buffer); raises on a bad one.
 
         Returns ``(buf, lens, items, starts)``: ``items[i]`` is None for a message
-        encoded in ``buf`` at ``starts[i]`` (length ``lens[i]``), else its Prepared.
+        encoded in ``buf`` at ``starts[i]`` (length ``lens[i]``), a :class:`_Direct`
+        for a larger one of a known shape (encoded straight into its pool block when
+        published), else its Prepared.
         """
         if isinstance(values, dict) or not hasattr(values, "__len__"):
             raise InvalidArgumentError(
@@ -750,6 +752,9 @@ class _ChanProducer(_ChanEndpoint):
             n = _encode_fast(value, buf, pos, _SLOT_INLINE)
             if n is not None and n > 0:
                 items.append(None)
+            elif n is not None and 0 < -n <= self._max_bytes:
+                n = -n
+                items.append(_Direct(value))
             else:
                 try:
                     prepared = _prepare(value)
@@ -778,6 +783,17 @@ class _ChanProducer(_ChanEndpoint):
         """Publish from message ``first`` on: how many went out, None (no room), -1 closed."""
         buf, lens, items, starts = plan
         item = items[first]
+        if item.__class__ is _Direct:  # a large message of a known shape: on its own
+            n = int(lens[first])
+            with self._lock:
+                if self._closed:
+                    return -1
+                rc = self._put_large_fast(item.value, n)
+            if rc == _NOT_FAST:  # the dict changed meanwhile: the general path
+                items[first] = item = _prepare(item.value)
+                lens[first] = item.size
+            else:
+                return self._publish_outcome(rc, n) or None
         if item is not None:  # a large message: on its own
             got = self._try_put(item, int(lens[first]))
             return got if got else None
@@ -793,6 +809,16 @@ class _ChanProducer(_ChanEndpoint):
             futex_wake(self._data_addr)
         rc &= 0xFFFFFFFF
         return rc if rc else None
+
+
+class _Direct:
+    """A message of ``put_data_many`` encoded straight into its pool block (see
+    :meth:`_ChanProducer._put_large_fast`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: dict) -> None:
+        self.value = value
 
 
 class _ChanConsumer(_ChanEndpoint):

@@ -1,0 +1,84 @@
+"""put_data_many: order, mixed sizes (inline, direct into a pool block, general path),
+validation before anything is published, partial results on a full channel, close."""
+
+from __future__ import annotations
+
+import numpy as np
+from mq_procs import make_message, message_ok
+
+from fluxon import api_ext_chan
+from fluxon.api_error import InvalidArgumentError, ProducerClosedError
+from fluxon.api_ext_chan import ChanRole, ChanType, new_or_bind_with_unique_key
+
+
+def _pair(store, key, capacity=64):
+    cfg = {"capacity": capacity}
+    handles = [
+        new_or_bind_with_unique_key(store, cfg, key, ChanType.MPMC, role).unwrap()
+        for role in (ChanRole.PRODUCER, ChanRole.CONSUMER)
+    ]
+    return handles
+
+
+def _drain(consumer, n):
+    out = []
+    while len(out) < n:
+        out += consumer.get_data(batch_size=64, try_time=5).unwrap()
+    return out
+
+
+def test_mixed_sizes_arrive_in_order_and_large_known_shapes_go_direct(store, key, monkeypatch):
+    producer, consumer = _pair(store, key)
+    direct = []
+    real = api_ext_chan._ChanProducer._put_large_fast
+
+    def spy(self, value, n):
+        direct.append(n)
+        return real(self, value, n)
+
+    monkeypatch.setattr(api_ext_chan._ChanProducer, "_put_large_fast", spy)
+    pads = [0, 4096, 10, 100_000, 4096, 0]  # inline and larger, interleaved
+    seq = 0
+    got = []
+    for _round in range(6):  # later rounds: the shapes are known, large ones go direct
+        batch = [make_message(7, seq + i, pad) for i, pad in enumerate(pads)]
+        batch.append({"arr": np.arange(700, dtype=np.float64), "seq": seq + len(pads)})
+        assert producer.put_data_many(batch, try_time=5).unwrap() == len(batch)
+        seq += len(batch)
+        got += _drain(consumer, len(batch))
+    assert [m["seq"] for m in got] == list(range(seq))
+    assert all(message_ok(m) for m in got if "p" in m)
+    arrays = [m["arr"] for m in got if "arr" in m]
+    assert len(arrays) == 6 and all(np.array_equal(a, np.arange(700.0)) for a in arrays)
+    assert direct, "no large message of a known shape was encoded straight into the pool"
+    producer.close()
+    consumer.close()
+
+
+def test_a_bad_value_publishes_nothing_and_names_its_index(store, key):
+    producer, consumer = _pair(store, key)
+    batch = [make_message(1, 0), make_message(1, 1, 5000), {"bad": object()}, make_message(1, 3)]
+    err = producer.put_data_many(batch).unwrap_error()
+    assert isinstance(err, InvalidArgumentError) and "values[2]" in err.message
+    assert err.details["index"] == 2
+    assert not consumer.get_data(batch_size=8, try_time=0.05).is_ok()  # nothing went out
+    for bad in ({"a": 1}, 5, None):
+        assert isinstance(producer.put_data_many(bad).unwrap_error(), InvalidArgumentError)
+    assert producer.put_data_many([]).unwrap() == 0
+    producer.close()
+    consumer.close()
+
+
+def test_a_full_channel_gives_the_count_published_then_close(store, key):
+    producer, consumer = _pair(store, key, capacity=4)
+    batch = [make_message(2, i, 3000 if i % 2 else 0) for i in range(7)]
+    assert producer.put_data_many(batch, try_time=0).unwrap() == 4  # the first four fit
+    assert producer.put_data_many(batch[4:], try_time=0.05).unwrap() == 0
+    got = _drain(consumer, 4)
+    assert [m["seq"] for m in got] == [0, 1, 2, 3]
+    assert producer.put_data_many(batch[4:], try_time=5).unwrap() == 3
+    assert [m["seq"] for m in _drain(consumer, 3)] == [4, 5, 6]
+    producer.close()
+    err = producer.put_data_many(batch).unwrap_error()
+    assert isinstance(err, ProducerClosedError)
+    consumer.close()
