@@ -574,8 +574,12 @@ class Pool:
 
     def members(self) -> list[MemberInfo]:
         """Every occupied member slot."""
+        w = self.w
+        stride = int(w[ph.W_MEMBER_STRIDE]) // 8
+        first = int(w[ph.W_MEMBER_OFF]) // 8 + ml.M_STATE
+        pids = w[first::stride][: int(w[ph.W_MEMBER_COUNT])]  # one strided view
         out = []
-        for slot in range(int(self.w[ph.W_MEMBER_COUNT])):
+        for slot in np.flatnonzero(pids).tolist():
             info = self._member_at(slot)
             if info is not None:
                 out.append(info)

@@ -709,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle",
         type=float,
         default=None,
-        help="seconds of each idle-CPU window (default 2, --quick 1)",
+        help="seconds of each idle-CPU window (default 5, --quick 2)",
     )
     p.add_argument(
         "--latency-rate-scale",
@@ -787,7 +787,7 @@ def settings_from_args(argv: list[str] | None) -> Settings:
         topologies=_csv(a.topologies, TOPOLOGIES, "topology"),
         duration=a.duration if a.duration is not None else dflt,
         latency_duration=a.latency_duration if a.latency_duration is not None else dflt,
-        idle_duration=a.idle if a.idle is not None else dflt,
+        idle_duration=a.idle if a.idle is not None else (2.0 if a.quick else 5.0),
         latency_scale=a.latency_rate_scale,
         warm_n=a.warm_n,
         results_dir=a.results_dir,

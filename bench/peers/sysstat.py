@@ -4,7 +4,10 @@ A :class:`LoadWindow` brackets one measured phase. It reads the machine's busy a
 time from ``/proc/stat`` and the CPU time of every process in the runner's tree (the
 runner, its workers, the service processes it started and their children) from
 ``/proc/<pid>/stat``. ``other_cores`` = machine busy time not spent by that tree, per
-second of wall time: what other processes took while we measured.
+second of wall time: what other processes took while we measured. Named groups (the
+service processes) are measured in nanoseconds from ``/proc/<pid>/task/*/schedstat``
+(the time each thread ran), since clock ticks (10 ms) cannot resolve the fraction of a
+percent an idle service uses in a few seconds.
 """
 
 from __future__ import annotations
@@ -41,6 +44,32 @@ def process_cpu_jiffies(pid: int) -> int | None:
     if fields is None:
         return None
     return int(fields[11]) + int(fields[12])
+
+
+def process_cpu_ns(pid: int) -> int | None:
+    """Nanoseconds the live threads of a process have run (schedstat), or None if gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+    return total
+
+
+def tree_cpu_ns(pids: set[int]) -> dict[int, int]:
+    """Run time (ns) of each pid still alive."""
+    out = {}
+    for pid in pids:
+        ns = process_cpu_ns(pid)
+        if ns is not None:
+            out[pid] = ns
+    return out
 
 
 def _parent_map() -> dict[int, int]:
@@ -104,7 +133,7 @@ class LoadWindow:
         self._t0 = time.monotonic()
         self._m0 = machine_jiffies()
         self._ours0 = tree_cpu_jiffies(descendants([self.root]))
-        self._g0 = {k: tree_cpu_jiffies(descendants(v)) for k, v in self.groups.items()}
+        self._g0 = {k: tree_cpu_ns(descendants(v)) for k, v in self.groups.items()}
 
     def stop(self) -> dict:
         """Take the second sample and return the window's numbers.
@@ -129,9 +158,9 @@ class LoadWindow:
         out["other_cores"] = max(0.0, busy - ours) / elapsed
         out["steal_frac"] = steal / total
         for name, roots in self.groups.items():
-            g1 = tree_cpu_jiffies(descendants(roots))
+            g1 = tree_cpu_ns(descendants(roots))
             g0 = self._g0.get(name, {})
-            out[f"{name}_cpu_s"] = sum(j - g0.get(pid, 0) for pid, j in g1.items()) / CLK_TCK
+            out[f"{name}_cpu_s"] = sum(max(0, ns - g0.get(pid, 0)) for pid, ns in g1.items()) / 1e9
         return out
 
 
