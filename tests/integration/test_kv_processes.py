@@ -109,9 +109,14 @@ def test_sigkilled_client_blocks_are_reclaimed(fresh_cluster):
         survivor_bytes = observer.get_size("survivor").unwrap()
         unit = int(observer.pool.w[W_UNIT_SIZE])
         expected_free = baseline - -(-survivor_bytes // unit) * unit
+        def externals():
+            return [m.name for m in observer.pool.members() if m.kind_name == "external"]
+
+        # The owner frees the dead member's blocks, then its slot: wait for both.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if observer.pool_stats().unwrap()["free_bytes"] == expected_free:
+            free_now = observer.pool_stats().unwrap()["free_bytes"]
+            if free_now == expected_free and externals() == ["observer"]:
                 break
             time.sleep(0.05)
         free_now = observer.pool_stats().unwrap()["free_bytes"]
@@ -119,9 +124,7 @@ def test_sigkilled_client_blocks_are_reclaimed(fresh_cluster):
             f"free {free_now}, expected {expected_free}, baseline {baseline}; members "
             f"{[m.to_dict() for m in observer.pool.members()]}\n{_owner_log(fresh_cluster)}"
         )
-        assert [m.name for m in observer.pool.members() if m.kind_name == "external"] == [
-            "observer"
-        ]
+        assert externals() == ["observer"]
         got = observer.get_blocking("survivor").unwrap().access()
         assert np.array_equal(got["x"], np.arange(1000))
         # the dead member's instance key is free again
