@@ -113,6 +113,7 @@ _encode_fast = codec.encode_fast
 _decode_many = codec.decode_many
 _decode_detached = codec.decode_detached
 _SLOT_INLINE = cl.SLOT_INLINE
+_INLINE_STRIDE = cl.INLINE_STRIDE
 #: Status of a put attempt on a closed handle (not a kernel status).
 _CLOSED = -1000
 #: Status of a put attempt the codec's fast path could not take (not a kernel status).
@@ -846,6 +847,10 @@ class _ChanConsumer(_ChanEndpoint):
             _fast(kchan.cons_lengths, b, w, c, claimed, 0, self._lens), b, w, c
         )
         self._k_copy = partial(_fast(kchan.cons_copy, b, w, c, claimed, 0, b, self._offs), b, w, c)
+        self._k_copy_inline = partial(
+            _fast(kchan.cons_copy_inline, b, w, c, claimed, 0, b, self._lens), b, w, c
+        )
+        self._inline_first = True  # last messages sat inline: try cons_copy_inline first
         self._k_complete = partial(
             _fast(kchan.cons_complete, b, w, c, tag, claimed, 0), b, w, c, tag
         )
@@ -948,13 +953,48 @@ class _ChanConsumer(_ChanEndpoint):
             self._offs = np.zeros(2 * k, dtype=np.int64)
             self._offs_stride = 0
         lens_arr = self._lens
-        self._k_lengths(slots, k, lens_arr)
-        lens = lens_arr[:k].tolist()
-        if min(lens) >= DIRECT_DECODE_BYTES:
-            return self._take_large(start, slots, k, lens, t, w)
-        # Each message 8-aligned in one private buffer (its arrays are views of it).
-        # Equal lengths (the common case) give offsets i * stride; _offs keeps them
-        # from one call to the next (_offs_stride, _offs_count say which are valid).
+        # Each message 8-aligned in one private buffer (its arrays are views of it):
+        # messages that sit inline in their slots are copied at a fixed spacing in one
+        # kernel call; others are measured first.
+        if self._inline_first:
+            pos = k * _INLINE_STRIDE
+            buf = np.empty(pos, dtype=np.uint8)
+            if self._k_copy_inline(slots, k, buf, lens_arr) >= 0:
+                lens = lens_arr[:k].tolist()
+                offs = range(0, pos, _INLINE_STRIDE)
+            else:
+                self._inline_first = False
+        if not self._inline_first:
+            self._k_lengths(slots, k, lens_arr)
+            lens = lens_arr[:k].tolist()
+            if min(lens) >= DIRECT_DECODE_BYTES:
+                return self._take_large(start, slots, k, lens, t, w)
+            buf, offs = self._copy_measured(slots, k, lens)
+            self._inline_first = max(lens) <= _SLOT_INLINE
+        if w:
+            t1 = _perf_ns()
+        try:
+            out = _decode_many(buf, offs, lens)
+        except MsgDeserializeError:
+            out = self._decode_each(buf, offs, lens)
+        t2 = _perf_ns()
+        self._pf_start = start + k
+        if self._k_complete(slots, k):
+            futex_wake(self._space_addr)
+        if w:
+            st = self._stats
+            dt = ((t1 - t) + (_perf_ns() - t2)) * w
+            st.take_ns += dt
+            st.kernel_ns += dt
+            st.codec_ns += (t2 - t1) * w
+        self._note_arrivals(t2, k)
+        return out
+
+    def _copy_measured(self, slots: np.ndarray, k: int, lens: list) -> tuple:
+        """Copy ``k`` claimed messages of lengths ``lens`` into a new buffer, each
+        8-aligned; returns ``(buffer, offsets)``. Equal lengths give offsets
+        i * stride; ``_offs`` keeps them from one call to the next (``_offs_stride``,
+        ``_offs_count`` say which are valid)."""
         offs_arr = self._offs
         ln = lens[0]
         if k == 1 or lens.count(ln) == k:
@@ -975,24 +1015,7 @@ class _ChanConsumer(_ChanEndpoint):
             self._offs_stride = 0
         buf = np.empty(pos, dtype=np.uint8)
         self._k_copy(slots, k, buf, offs_arr)
-        if w:
-            t1 = _perf_ns()
-        try:
-            out = _decode_many(buf, offs, lens)
-        except MsgDeserializeError:
-            out = self._decode_each(buf, offs, lens)
-        t2 = _perf_ns()
-        self._pf_start = start + k
-        if self._k_complete(slots, k):
-            futex_wake(self._space_addr)
-        if w:
-            st = self._stats
-            dt = ((t1 - t) + (_perf_ns() - t2)) * w
-            st.take_ns += dt
-            st.kernel_ns += dt
-            st.codec_ns += (t2 - t1) * w
-        self._note_arrivals(t2, k)
-        return out
+        return buf, offs
 
     def _take_large(
         self, start: int, slots: np.ndarray, k: int, lens: list, t: int, w: int

@@ -650,6 +650,33 @@ def cons_copy(b, w, c, slots, n, out_buf, out_offsets):
 
 
 @njit(nogil=True, cache=True)
+def cons_copy_inline(b, w, c, slots, n, out_buf, out_lens):
+    """:func:`cons_lengths` and :func:`cons_copy` in one call, for messages that sit
+    inline in their slots: message ``i`` goes to ``out_buf[i * INLINE_STRIDE:]``
+    (``out_buf`` holds at least ``n * INLINE_STRIDE`` bytes), its length to
+    ``out_lens[i]``. The slots stay claimed.
+
+    Returns
+    -------
+    int
+        Total payload bytes, or -1 (nothing copied) if any of the slots holds its
+        message in a pool block: then use :func:`cons_lengths` and :func:`cons_copy`.
+    """
+    cw = chan_word(w, c)
+    for i in range(n):
+        if w[_slot_word(w, cw, slots[i]) + cl.S_REF] != 0:
+            return -1
+    total = 0
+    for i in range(n):
+        sw = _slot_word(w, cw, slots[i])
+        ln = w[sw + cl.S_LEN]
+        out_lens[i] = ln
+        total += ln
+        copy_bytes(out_buf, i * cl.INLINE_STRIDE, b, sw * 8 + cl.S_INLINE_OFF, ln)
+    return total
+
+
+@njit(nogil=True, cache=True)
 def cons_complete(b, w, c, tag, slots, n):
     """Mark claimed ``slots`` delivered: free them (and their blocks) for producers.
 

@@ -103,6 +103,8 @@ S_REF = 2
 S_LEN = 3
 S_INLINE_OFF = 32
 SLOT_INLINE = SLOT_STRIDE - S_INLINE_OFF
+#: Spacing of inline messages copied out by ``cons_copy_inline`` (8-aligned).
+INLINE_STRIDE = (SLOT_INLINE + 7) & ~7
 
 KIND_FREE = 0
 KIND_HELD = 1

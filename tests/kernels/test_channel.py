@@ -749,6 +749,33 @@ def test_chan_available_and_cons_lengths(pool):
     finish(chan)
 
 
+def test_cons_copy_inline_copies_inline_messages_or_declines(pool):
+    b, w = pool
+    chan = Chan(b, w, 4)
+    e = ch.prod_attach(b, w, chan.c, P1, 1, 0)
+    big = bytes(range(256)) * 3
+    small = [b"", b"abc", bytes(range(cl.SLOT_INLINE))]  # empty, short, the largest inline
+    for m in small:
+        chan.put(e, P1, m)
+    slots = np.array(chan.claim(C1, cws_new(), 3), np.int64)
+    buf = np.full(3 * cl.INLINE_STRIDE, 0xEE, np.uint8)
+    lens = np.zeros(3, np.int64)
+    assert ch.cons_copy_inline(b, w, chan.c, slots, 3, buf, lens) == sum(map(len, small))
+    assert list(lens) == [len(m) for m in small]
+    for i, m in enumerate(small):
+        at = i * cl.INLINE_STRIDE
+        assert buf[at : at + len(m)].tobytes() == m
+    assert chan.take(C1, list(slots))[0] == small  # still claimed until taken
+    chan.put(e, P1, b"x")
+    chan.put_large(e, P1, big)  # a message in a pool block: declined, nothing copied
+    slots = np.array(chan.claim(C1, cws_new(), 2), np.int64)
+    buf[:] = 0xEE
+    assert ch.cons_copy_inline(b, w, chan.c, slots, 2, buf, lens) == -1
+    assert (buf == 0xEE).all()
+    assert chan.take(C1, list(slots))[0] == [b"x", big]
+    finish(chan)
+
+
 # ---------------------------------------------------------------------------
 # Waiting
 # ---------------------------------------------------------------------------

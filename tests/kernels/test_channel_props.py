@@ -245,6 +245,9 @@ class ChannelMachine(RuleBasedStateMachine):
         slots = con.claimed[:j]
         del con.claimed[:j]
         sl = np.array(slots, np.int64)
+        ibuf = np.zeros(max(len(sl), 1) * cl.INLINE_STRIDE, np.uint8)
+        ilens = np.zeros(len(sl), np.int64)
+        inline = ch.cons_copy_inline(self.b, self.w, self.c, sl, len(sl), ibuf, ilens)
         lens = np.zeros(len(sl), np.int64)
         total = ch.cons_lengths(self.b, self.w, self.c, sl, len(sl), lens)
         buf = np.zeros(max(total, 1), np.uint8)
@@ -256,6 +259,17 @@ class ChannelMachine(RuleBasedStateMachine):
         assert wake == mwake
         got = [buf[o : o + n].tobytes() for o, n in zip(offs, lens)]
         assert got == payloads
+        # cons_copy_inline: the same bytes at fixed spacing, or declined for a block.
+        if inline >= 0:
+            assert inline == total and list(ilens) == list(lens)
+            s = cl.INLINE_STRIDE
+            assert [ibuf[i * s : i * s + n].tobytes() for i, n in enumerate(lens)] == payloads
+            event("copied inline")
+        else:
+            assert inline == -1
+            event("copy inline declined")
+        if any(len(p) > cl.SLOT_INLINE for p in payloads):
+            assert inline == -1
         for m in got:
             self._delivered(tag, parse(m))
         if any(parse(m) in self.handed_back for m in got):
