@@ -100,8 +100,9 @@ GAP_CLAMP_NS = 1_000_000
 #: Messages at least this large are decoded straight from the pool when their shape
 #: allows it (no ndarray views): one copy of the payload instead of two.
 DIRECT_DECODE_BYTES = 64 << 10
-#: Longest single futex sleep; a blocked call re-checks (close, owner, deadline) this often.
-WAIT_SLICE_S = 0.2
+#: Longest single futex sleep; a blocked call re-checks (owner, deadline) this often
+#: (close and the store's owner watchdog wake it at once).
+WAIT_SLICE_S = 1.0
 _CONFIG_KEYS = ("capacity", "ttl_seconds", "weight", "payload_backend")
 _OK_TRUE = Result.new_ok(True)
 _OK_FALSE = Result.new_ok(False)

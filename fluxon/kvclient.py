@@ -40,6 +40,7 @@ from .api_error import (
     error_from_status,
 )
 from .config import FluxonKvClientConfig
+from .futex import wake_all_channels
 from .logging import init_logger
 from .pool import Pool
 from .procinfo import is_process_alive, process_start_time
@@ -390,7 +391,13 @@ class KvClient:
                     "is stopping and removes" if state == "closing" else "removed or replaced",
                 )
         self._owner_problem = state
-        self._owner_lost = True
+        if not self._owner_lost:
+            self._owner_lost = True
+            # Calls blocked on a channel sleep up to WAIT_SLICE_S: wake them to fail now.
+            try:
+                wake_all_channels(pool)
+            except Exception:  # noqa: BLE001 - best effort: they still wake at their slice
+                _log.debug("waking blocked calls failed", exc_info=True)
 
     def owner_problem(self) -> str:
         """``""`` when the owner is usable, else ``"dead"`` (may come back: a restarted

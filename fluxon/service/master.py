@@ -493,6 +493,12 @@ class MasterService:
             name="fluxon-master-lease",
         )
 
+    def idle_s(self) -> float:
+        """How long the main loop may sleep: until the next periodic task is due, at
+        least 0.05 s and at most 1 s (a lost lease is noticed within that)."""
+        due = min((task[3] for task in self._periodic), default=time.monotonic() + 1.0)
+        return min(1.0, max(0.05, due - time.monotonic()))
+
     def step(self) -> None:
         """One pass of the main loop: re-register after a lost lease, run periodic tasks."""
         if self._lease_lost.is_set():
@@ -724,7 +730,7 @@ def run_master_blocking(
         if ready is not None:
             ready(master)
         try:
-            while not stop.wait(0.2):
+            while not stop.wait(master.idle_s()):
                 master.step()
         finally:
             _log.info("master %s stopping", master.instance_key)

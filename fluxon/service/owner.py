@@ -481,8 +481,11 @@ class OwnerService:
         next_stats = time.monotonic() + STATS_INTERVAL_S
         next_reap = time.monotonic() + REAP_INTERVAL_S
         while not self._etcd_stop.is_set():
+            # Sleep until a job comes or the next periodic check is due (idle: one wake-up
+            # a second, the reaper's interval).
+            left = min(next_reap, next_stats) - time.monotonic()
             try:
-                job = self._etcd_jobs.get(timeout=0.5)
+                job = self._etcd_jobs.get(timeout=min(1.0, max(0.05, left)))
             except queue.Empty:
                 job = None
             if self._etcd_stop.is_set():
