@@ -38,14 +38,14 @@ import array
 import json
 import multiprocessing as mp
 import os
-import platform
 import queue
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
+from contextlib import ExitStack
+
+from benchkit import machine_line, service_plane
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "536870912"}
 SIZES = {"64 B": 64, "4 KiB": 4096, "1 MiB": 1 << 20}
@@ -301,9 +301,9 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.run_dir = tempfile.mkdtemp(prefix="fluxon-mq-e2e-")
-        self.plane = None
-        self.share = None
+        self._stack = ExitStack()  # the service plane and its directories
+        self.run_dir = ""
+        self.share = ""
         self.cluster = f"mqe2e-{uuid.uuid4().hex[:8]}"
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["numpy", "fluxon.api_ext_chan", "fluxon.kvclient"])
@@ -312,33 +312,14 @@ class Runner:
 
     # plane -----------------------------------------------------------------------------
     def start_plane(self) -> None:
-        from fluxon.etcd_server import free_port
-        from fluxon.service.plane import ServicePlane
-
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.share = tempfile.mkdtemp(prefix="fluxon_mq_e2e_", dir=shm)
-        self.plane = ServicePlane(
-            workdir=os.path.join(self.run_dir, "plane"),
-            etcd=f"127.0.0.1:{free_port()}",
-            cluster_name=self.cluster,
-            share_mem_path=self.share,
-            dram="1GB",
-            master_port=free_port(),
-            ui=f"127.0.0.1:{free_port()}",
+        plane, self.run_dir = self._stack.enter_context(
+            service_plane(self.cluster, "1GB", timeout=SETUP_S)
         )
-        self.plane.start(timeout=SETUP_S, log=lambda _msg: None)
+        self.share = plane.share_mem_path
 
     def close(self) -> None:
         self._stop_workers()
-        if self.plane is not None:
-            try:
-                self.plane.stop()
-            finally:
-                self.plane = None
-        if self.share:
-            shutil.rmtree(self.share, ignore_errors=True)
-            self.share = None
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self._stack.close()
 
     def _stop_workers(self) -> None:
         for p in self.procs:
@@ -541,26 +522,6 @@ def report(rows: list[dict], args: argparse.Namespace) -> str:
                 f"{r['load']:.2f} |"
             )
     return "\n".join(lines)
-
-
-def machine_line() -> str:
-    """CPU model, CPU count, Python, numpy, numba."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import numba
-    import numpy
-
-    return (
-        f"{os.cpu_count()} CPU {model}, Python {platform.python_version()}, "
-        f"numpy {numpy.__version__}, numba {numba.__version__}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

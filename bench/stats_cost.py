@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
+
+from benchkit import client_config, machine_line, service_plane
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "536870912"}
 MESSAGE = {"payload": b"x" * 64}
@@ -75,25 +74,6 @@ def _batch32(producer, consumer, n: int) -> tuple[int, int]:
 WORKLOADS = {"roundtrip 64 B": (_roundtrip, 10_000), "batch 32 x 64 B": (_batch32, 9_600)}
 
 
-def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import numba
-    import numpy
-
-    return (
-        f"{os.cpu_count()} CPU {cpu}, Python {platform.python_version()}, "
-        f"numpy {numpy.__version__}, numba {numba.__version__}"
-    )
-
-
 def _busy_cores(seconds: float) -> float:
     """CPUs busy (all processes) over the last ``seconds``, from /proc/stat."""
 
@@ -111,69 +91,49 @@ def _busy_cores(seconds: float) -> float:
 
 def run(rounds: int) -> None:
     from fluxon import api_ext_chan as mq
-    from fluxon.etcd_server import free_port
     from fluxon.kvclient import new_store
-    from fluxon.service.plane import ServicePlane
 
-    workdir = tempfile.mkdtemp(prefix="fluxon-stats-cost-")
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    share = tempfile.mkdtemp(prefix="fluxon_stats_cost_", dir=shm)
-    plane = ServicePlane(
-        workdir=workdir,
-        etcd=f"127.0.0.1:{free_port()}",
-        cluster_name="stats-cost",
-        share_mem_path=share,
-        dram="256MB",
-        master_port=free_port(),
-        ui=f"127.0.0.1:{free_port()}",
-    )
     handles: list = []
     store = None
-    try:
-        plane.start(log=lambda _msg: None)
-        store = new_store(
-            {
-                "instance_key": f"stats-cost-{os.getpid()}",
-                "fluxonkv_spec": {"cluster_name": "stats-cost", "share_mem_path": share},
-            }
-        ).unwrap()
-        # Two channel sets, created in the order on, off, off, on; rounds use them in turn
-        # (where a channel lands in the pool shows in its speed).
-        sets: list[dict] = [{}, {}]
-        for i, v in ((0, "on"), (0, "off"), (1, "off"), (1, "on")):
-            sets[i][v] = _bind_pair(store, mq, v == "on")
-            handles.extend(sets[i][v])
-        pairs = sets[0]
-        load_before = _busy_cores(1.0)
-        for fn, n in WORKLOADS.values():  # warm up: compile, page in, fill the caches
-            for pairs in sets:
-                for pair in pairs.values():
-                    fn(*pair, n)
-        cpu = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
-        wall = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
-        start = time.monotonic()
-        for r in range(rounds):
-            order = VARIANTS if (r // 2) % 2 == 0 else VARIANTS[::-1]
-            pairs = sets[r % 2]
-            for w, (fn, n) in WORKLOADS.items():
-                for v in order:
-                    c, t = fn(*pairs[v], n)
-                    cpu[(w, v)].append(c / n)
-                    wall[(w, v)].append(t / n)
-        elapsed = time.monotonic() - start
-        load_after = _busy_cores(1.0)
-        on_rec = type(pairs["on"][1]._stats).__name__
-        off_rec = type(pairs["off"][1]._stats).__name__
-    finally:
-        for h in reversed(handles):
-            h.close()
-        if store is not None:
-            store.close()
-        plane.stop()
-        shutil.rmtree(share, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with service_plane("stats-cost", "256MB") as (plane, _scratch):
+        try:
+            store = new_store(
+                client_config(plane.cluster_name, plane.share_mem_path, f"stats-cost-{os.getpid()}")
+            ).unwrap()
+            # Two channel sets, created in the order on, off, off, on; rounds use them in
+            # turn (where a channel lands in the pool shows in its speed).
+            sets: list[dict] = [{}, {}]
+            for i, v in ((0, "on"), (0, "off"), (1, "off"), (1, "on")):
+                sets[i][v] = _bind_pair(store, mq, v == "on")
+                handles.extend(sets[i][v])
+            pairs = sets[0]
+            load_before = _busy_cores(1.0)
+            for fn, n in WORKLOADS.values():  # warm up: compile, page in, fill the caches
+                for pairs in sets:
+                    for pair in pairs.values():
+                        fn(*pair, n)
+            cpu = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
+            wall = {(w, v): [] for w in WORKLOADS for v in VARIANTS}
+            start = time.monotonic()
+            for r in range(rounds):
+                order = VARIANTS if (r // 2) % 2 == 0 else VARIANTS[::-1]
+                pairs = sets[r % 2]
+                for w, (fn, n) in WORKLOADS.items():
+                    for v in order:
+                        c, t = fn(*pairs[v], n)
+                        cpu[(w, v)].append(c / n)
+                        wall[(w, v)].append(t / n)
+            elapsed = time.monotonic() - start
+            load_after = _busy_cores(1.0)
+            on_rec = type(pairs["on"][1]._stats).__name__
+            off_rec = type(pairs["off"][1]._stats).__name__
+        finally:
+            for h in reversed(handles):
+                h.close()
+            if store is not None:
+                store.close()
 
-    print(f"\nMeasured {time.strftime('%Y-%m-%d')} on {_machine()}.")
+    print(f"\nMeasured {time.strftime('%Y-%m-%d')} on {machine_line()}.")
     print(
         f"{rounds} rounds in {elapsed:.0f} s; recorders: on = {on_rec}, off = {off_rec}. "
         f"CPUs busy in the second before / after the timed rounds: {load_before:.2f} / "

@@ -29,17 +29,17 @@ with their interquartile range (how much the same comparison varies round to rou
 from __future__ import annotations
 
 import argparse
+import array
 import multiprocessing as mp
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stats_cost import MALLOC_ENV, VARIANTS, _busy_cores, _machine  # noqa: E402
+from benchkit import client_config, machine_line, service_plane  # noqa: E402
+from stats_cost import MALLOC_ENV, VARIANTS, _busy_cores  # noqa: E402
 
 BATCH = 32
 #: Channel sets, bound in this order; round r uses set r % 2, so each variant is as often
@@ -72,13 +72,7 @@ def _handles(role: str, cfg: dict) -> tuple:
     from fluxon.stats import STATS_ENV
 
     store = new_store(
-        {
-            "instance_key": f"stats-e2e-{role}-{os.getpid()}",
-            "fluxonkv_spec": {
-                "cluster_name": cfg["cluster"],
-                "share_mem_path": cfg["share"],
-            },
-        }
+        client_config(cfg["cluster"], cfg["share"], f"stats-e2e-{role}-{os.getpid()}")
     ).unwrap()
     r = mq.ChanRole.PRODUCER if role == "producer" else mq.ChanRole.CONSUMER
     handles = {}
@@ -155,8 +149,6 @@ def _producer(cfg: dict, ctl) -> None:
 
 
 def _consumer(cfg: dict, ctl, lat_path: str) -> None:
-    import array
-
     store, handles = _handles("consumer", cfg)
     mono = time.monotonic_ns
     try:
@@ -200,93 +192,74 @@ def _percentile(sorted_vals: list, q: float) -> float:
     return float(sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))])
 
 
-def run(args: argparse.Namespace) -> None:
-    from fluxon.etcd_server import free_port
-    from fluxon.service.plane import ServicePlane
+def _phase(ctl, procs: list, phase: int, kind: int, variant: int, args, lat_path: str) -> dict:
+    """Run one window (``variant`` indexes VARIANTS, + 2 for channel set 1); its row."""
+    ctl[C_KIND], ctl[C_VARIANT] = kind, variant
+    start = time.monotonic_ns() + 20_000_000
+    ctl[C_START_NS], ctl[C_END_NS] = start, start + int(args.window * 1e9)
+    ctl[C_PHASE] = phase
+    deadline = time.monotonic() + args.window + 30
+    while ctl[C_CONS_DONE] != phase:
+        if time.monotonic() > deadline or not all(p.is_alive() for p in procs):
+            raise RuntimeError(f"phase {phase} did not finish")
+        time.sleep(0.002)
+    sent, received = ctl[C_SENT], ctl[C_RECEIVED]
+    row = {"kind": kind, "variant": VARIANTS[variant % 2], "sent": sent,
+           "lost": sent - received,
+           "prod_cpu_ns": ctl[C_PROD_CPU] / max(1, sent),
+           "cons_cpu_ns": ctl[C_CONS_CPU] / max(1, received)}  # fmt: skip
+    if kind == 0:
+        row["msgs_per_s"] = received / ((ctl[C_LAST_NS] - start) / 1e9)
+    else:
+        lats = array.array("q")
+        with open(lat_path, "rb") as f:
+            lats.frombytes(f.read())
+        lat = sorted(lats)
+        row["p50_us"] = _percentile(lat, 0.5) / 1e3
+        row["p99_us"] = _percentile(lat, 0.99) / 1e3
+    return row
 
-    workdir = tempfile.mkdtemp(prefix="fluxon-stats-e2e-")
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    share = tempfile.mkdtemp(prefix="fluxon_stats_e2e_", dir=shm)
-    cluster = f"stats-e2e-{uuid.uuid4().hex[:6]}"
-    plane = ServicePlane(
-        workdir=os.path.join(workdir, "plane"),
-        etcd=f"127.0.0.1:{free_port()}",
-        cluster_name=cluster,
-        share_mem_path=share,
-        dram="256MB",
-        master_port=free_port(),
-        ui=f"127.0.0.1:{free_port()}",
-    )
+
+def run(args: argparse.Namespace) -> None:
     ctx = mp.get_context("spawn")
     ctl = ctx.RawArray("q", N_CONTROL)
-    lat_path = os.path.join(workdir, "lat.bin")
-    cfg = {
-        "cluster": cluster,
-        "share": share,
-        "rate": args.rate,
-        "key": f"stats-e2e-{uuid.uuid4().hex[:6]}",
-    }
-    procs = [
-        ctx.Process(target=_consumer, args=(cfg, ctl, lat_path), name="stats-e2e-consumer"),
-        ctx.Process(target=_producer, args=(cfg, ctl), name="stats-e2e-producer"),
-    ]
     rows: list[dict] = []
-    try:
-        plane.start(log=lambda _msg: None)
-        for p in procs:
-            p.daemon = True
-            p.start()
-        deadline = time.monotonic() + 180
-        while not ctl[C_READY_C]:
-            if time.monotonic() > deadline or not all(p.is_alive() for p in procs):
-                raise RuntimeError("workers did not get ready")
-            time.sleep(0.05)
-        load_before = _busy_cores(1.0)
-        t_start = time.monotonic()
-        phase = 0
-        for r in range(args.rounds):
-            order = (0, 1) if (r // 2) % 2 == 0 else (1, 0)
-            for kind in (0, 1):
-                for vi in order:
-                    phase += 1
-                    ctl[C_KIND], ctl[C_VARIANT] = kind, vi + 2 * (r % 2)
-                    start = time.monotonic_ns() + 20_000_000
-                    ctl[C_START_NS], ctl[C_END_NS] = start, start + int(args.window * 1e9)
-                    ctl[C_PHASE] = phase
-                    deadline = time.monotonic() + args.window + 30
-                    while ctl[C_CONS_DONE] != phase:
-                        if time.monotonic() > deadline or not all(p.is_alive() for p in procs):
-                            raise RuntimeError(f"phase {phase} did not finish")
-                        time.sleep(0.002)
-                    sent, received = ctl[C_SENT], ctl[C_RECEIVED]
-                    row = {"round": r, "kind": kind, "variant": VARIANTS[vi], "sent": sent,
-                           "lost": sent - received,
-                           "prod_cpu_ns": ctl[C_PROD_CPU] / max(1, sent),
-                           "cons_cpu_ns": ctl[C_CONS_CPU] / max(1, received)}  # fmt: skip
-                    if kind == 0:
-                        row["msgs_per_s"] = received / ((ctl[C_LAST_NS] - start) / 1e9)
-                    else:
-                        import array
-
-                        lats = array.array("q")
-                        with open(lat_path, "rb") as f:
-                            lats.frombytes(f.read())
-                        lat = sorted(lats)
-                        row["p50_us"] = _percentile(lat, 0.5) / 1e3
-                        row["p99_us"] = _percentile(lat, 0.99) / 1e3
-                    rows.append(row)
-        elapsed = time.monotonic() - t_start
-        load_after = _busy_cores(1.0)
-    finally:
-        ctl[C_PHASE] = -1
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()  # by pid: a worker this script started
-                p.join(timeout=5)
-        plane.stop()
-        shutil.rmtree(share, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+    name = f"stats-e2e-{uuid.uuid4().hex[:6]}"
+    with service_plane(name, "256MB") as (plane, scratch):
+        lat_path = os.path.join(scratch, "lat.bin")
+        cfg = {"cluster": name, "share": plane.share_mem_path, "rate": args.rate, "key": name}
+        procs = [
+            ctx.Process(target=_consumer, args=(cfg, ctl, lat_path), name="stats-e2e-consumer"),
+            ctx.Process(target=_producer, args=(cfg, ctl), name="stats-e2e-producer"),
+        ]
+        try:
+            for p in procs:
+                p.daemon = True
+                p.start()
+            deadline = time.monotonic() + 180
+            while not ctl[C_READY_C]:
+                if time.monotonic() > deadline or not all(p.is_alive() for p in procs):
+                    raise RuntimeError("workers did not get ready")
+                time.sleep(0.05)
+            load_before = _busy_cores(1.0)
+            t_start = time.monotonic()
+            phase = 0
+            for r in range(args.rounds):
+                order = (0, 1) if (r // 2) % 2 == 0 else (1, 0)
+                for kind in (0, 1):
+                    for vi in order:
+                        phase += 1
+                        row = _phase(ctl, procs, phase, kind, vi + 2 * (r % 2), args, lat_path)
+                        rows.append({"round": r, **row})
+            elapsed = time.monotonic() - t_start
+            load_after = _busy_cores(1.0)
+        finally:
+            ctl[C_PHASE] = -1
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()  # by pid: a worker this script started
+                    p.join(timeout=5)
     report(rows, args, elapsed, load_before, load_after)
 
 
@@ -300,7 +273,7 @@ def _ratios(rows: list[dict], kind: int, field: str) -> tuple[float, float, floa
 
 
 def report(rows: list[dict], args, elapsed: float, load_before: float, load_after: float) -> None:
-    print(f"\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_machine()}.")
+    print(f"\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine_line()}.")
     print(
         f"{args.rounds} rounds of {args.window:g} s windows in {elapsed:.0f} s; latency windows "
         f"at {args.rate} msgs/s. CPUs busy in the second before / after the rounds (service "

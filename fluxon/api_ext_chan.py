@@ -404,9 +404,7 @@ class _ChanEndpoint:
             return None
         st = self._stats
         if now >= st.idle_due_ns:  # the recorder's periodic work, done while idle
-            st.skip += 1  # (this call is not over: it belongs to the cycle after the flush)
-            st.flush(now)
-            st.skip -= 1
+            st.flush_waiting(now)
             now = _perf_ns()
         spin_end = now + int(spin_s * 1e9)
         while True:

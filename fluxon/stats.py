@@ -519,15 +519,27 @@ class _HandleStats:
         elif gap > TIMED_GAP_NS[1] and every > 1:  # (down at once to what the gap says)
             self.every = every = max(1, every >> (gap // TIMED_GAP_NS[1]).bit_length())
         self.skip = every  # the cycle ends here (before a _drain, which counts pending calls)
+        v = (total_ns << WEIGHT_BITS) | (max(1, min(weight, MAX_EVERY)) - 1)
+        self._append(v if ok else ~v, now_ns)
+
+    def _append(self, sample: int, now_ns: int) -> None:
+        """Buffer one sample (see :meth:`_drain`); flush if due."""
         i = self._n
         if i >= SAMPLE_BUFFER:
             self._drain()
             i = 0
-        v = (total_ns << WEIGHT_BITS) | (max(1, min(weight, MAX_EVERY)) - 1)
-        self._buf_mv[i] = v if ok else ~v
+        self._buf_mv[i] = sample
         self._n = i + 1
         if now_ns >= self._due_ns:
             self.flush(now_ns)
+
+    def flush_waiting(self, now_ns: int) -> None:
+        """The flush a handle runs once it is due and a call starts to wait (the periodic
+        work done while idle). That call is not over: it belongs to the cycle after the
+        flush, not to the one the flush closes."""
+        self.skip += 1
+        self.flush(now_ns)
+        self.skip -= 1
 
     def _count_published(self, n: int) -> None:
         """Producers count messages from their samples; consumers count batch sizes."""
@@ -715,15 +727,9 @@ class ConsumerStats(_HandleStats):
 
     def record_get(self, total_ns: int, n_messages: int, now_ns: int) -> None:
         """One ``get_data`` call finished after ``total_ns``; 0 messages = a timeout."""
-        i = self._n
-        if i >= SAMPLE_BUFFER:
-            self._drain()
-            i = 0
-        self._buf_mv[i] = total_ns << WEIGHT_BITS if n_messages else ~(total_ns << WEIGHT_BITS)
-        self._n = i + 1
         self.messages += n_messages
-        if now_ns >= self._due_ns:
-            self.flush(now_ns)
+        v = total_ns << WEIGHT_BITS
+        self._append(v if n_messages else ~v, now_ns)
 
     def record_get_sampled(self, total_ns: int, n_messages: int, now_ns: int) -> None:
         """The timed call of a sampling cycle returned ``n_messages`` (0: timed out) after
@@ -827,14 +833,8 @@ class ProducerStats(_HandleStats):
 
     def record_put(self, total_ns: int, published: bool, now_ns: int) -> None:
         """One ``put_data`` call finished after ``total_ns`` (``published`` = Ok(True))."""
-        i = self._n
-        if i >= SAMPLE_BUFFER:
-            self._drain()
-            i = 0
-        self._buf_mv[i] = total_ns << WEIGHT_BITS if published else ~(total_ns << WEIGHT_BITS)
-        self._n = i + 1
-        if now_ns >= self._due_ns:
-            self.flush(now_ns)
+        v = total_ns << WEIGHT_BITS
+        self._append(v if published else ~v, now_ns)
 
     def record_put_sampled(self, total_ns: int, published: bool, now_ns: int) -> None:
         """The timed call of a sampling cycle (see ``skip``/``every``) ended after
@@ -845,16 +845,10 @@ class ProducerStats(_HandleStats):
     def record_put_many(self, total_ns: int, n_published: int, complete: bool, now_ns: int) -> None:
         """One batch call (``put_data_many``) published ``n_published`` messages; it
         counts as one call, and as a timeout unless ``complete``."""
-        i = self._n
-        if i >= SAMPLE_BUFFER:
-            self._drain()
-            i = 0
-        self._buf_mv[i] = total_ns << WEIGHT_BITS if complete else ~(total_ns << WEIGHT_BITS)
-        self._n = i + 1
         # _drain counts one message per completed sample; the batch adds the rest.
         self.messages += n_published - (1 if complete else 0)
-        if now_ns >= self._due_ns:
-            self.flush(now_ns)
+        v = total_ns << WEIGHT_BITS
+        self._append(v if complete else ~v, now_ns)
 
     def _count_published(self, n: int) -> None:
         self.messages += n

@@ -62,16 +62,6 @@ def process_cpu_ns(pid: int) -> int | None:
     return total
 
 
-def tree_cpu_ns(pids: set[int]) -> dict[int, int]:
-    """Run time (ns) of each pid still alive."""
-    out = {}
-    for pid in pids:
-        ns = process_cpu_ns(pid)
-        if ns is not None:
-            out[pid] = ns
-    return out
-
-
 def _parent_map() -> dict[int, int]:
     out = {}
     for name in os.listdir("/proc"):
@@ -102,13 +92,14 @@ def descendants(roots: list[int] | set[int], include_roots: bool = True) -> set[
     return out
 
 
-def tree_cpu_jiffies(pids: set[int]) -> dict[int, int]:
-    """CPU jiffies of each pid still alive."""
+def tree_cpu(pids: set[int], measure=process_cpu_jiffies) -> dict[int, int]:
+    """CPU time of each pid still alive: jiffies, or what ``measure`` gives (e.g.
+    :func:`process_cpu_ns`)."""
     out = {}
     for pid in pids:
-        j = process_cpu_jiffies(pid)
-        if j is not None:
-            out[pid] = j
+        v = measure(pid)
+        if v is not None:
+            out[pid] = v
     return out
 
 
@@ -132,8 +123,8 @@ class LoadWindow:
         """Take the first sample."""
         self._t0 = time.monotonic()
         self._m0 = machine_jiffies()
-        self._ours0 = tree_cpu_jiffies(descendants([self.root]))
-        self._g0 = {k: tree_cpu_ns(descendants(v)) for k, v in self.groups.items()}
+        self._ours0 = tree_cpu(descendants([self.root]))
+        self._g0 = {k: tree_cpu(descendants(v), process_cpu_ns) for k, v in self.groups.items()}
 
     def stop(self) -> dict:
         """Take the second sample and return the window's numbers.
@@ -147,7 +138,7 @@ class LoadWindow:
         """
         elapsed = max(1e-9, time.monotonic() - self._t0)
         m1 = machine_jiffies()
-        ours1 = tree_cpu_jiffies(descendants([self.root]))
+        ours1 = tree_cpu(descendants([self.root]))
         out = {"elapsed_s": elapsed}
         busy = (m1[0] - self._m0[0]) / CLK_TCK
         steal = (m1[1] - self._m0[1]) / CLK_TCK
@@ -158,7 +149,7 @@ class LoadWindow:
         out["other_cores"] = max(0.0, busy - ours) / elapsed
         out["steal_frac"] = steal / total
         for name, roots in self.groups.items():
-            g1 = tree_cpu_ns(descendants(roots))
+            g1 = tree_cpu(descendants(roots), process_cpu_ns)
             g0 = self._g0.get(name, {})
             out[f"{name}_cpu_s"] = sum(max(0, ns - g0.get(pid, 0)) for pid, ns in g1.items()) / 1e9
         return out

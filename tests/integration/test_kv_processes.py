@@ -109,6 +109,7 @@ def test_sigkilled_client_blocks_are_reclaimed(fresh_cluster):
         survivor_bytes = observer.get_size("survivor").unwrap()
         unit = int(observer.pool.w[W_UNIT_SIZE])
         expected_free = baseline - -(-survivor_bytes // unit) * unit
+
         def externals():
             return [m.name for m in observer.pool.members() if m.kind_name == "external"]
 

@@ -130,9 +130,7 @@ def test_sampled_calls_at_the_largest_period_count_exactly():
         rec.skip -= 1
         calls += 1
     rec.skip -= 1  # the call that waits, the cycle's fourth
-    rec.skip += 1
-    rec.flush()
-    rec.skip -= 1
+    rec.flush_waiting(time.perf_counter_ns())
     assert rec.calls == calls  # the flush counted the calls before it, not it
     calls += 1  # it ends untimed
     while rec.skip > 1:
