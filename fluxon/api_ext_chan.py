@@ -100,6 +100,10 @@ GAP_CLAMP_NS = 1_000_000
 #: Messages at least this large are decoded straight from the pool when their shape
 #: allows it (no ndarray views): one copy of the payload instead of two.
 DIRECT_DECODE_BYTES = 64 << 10
+#: Messages up to this size are encoded into the producer's own buffer and copied into
+#: the pool by the publishing kernel (one kernel call, one encode); larger ones are
+#: encoded straight into their reserved pool block (no second copy).
+STAGE_BYTES = 16 << 10
 #: Longest single futex sleep; a blocked call re-checks (owner, deadline) this often
 #: (close and the store's owner watchdog wake it at once).
 WAIT_SLICE_S = 1.0
@@ -459,8 +463,10 @@ class _ChanProducer(_ChanEndpoint):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._scratch = np.zeros(cl.SLOT_INLINE, dtype=np.uint8)
         self._max_bytes = int(self._api.pool.max_value_bytes())
+        self._stage_limit = min(STAGE_BYTES, self._max_bytes)
+        self._scratch = np.zeros(max(self._stage_limit, cl.SLOT_INLINE), dtype=np.uint8)
+        self._one_len = np.zeros(1, dtype=np.int64)
         b, w, c, e, tag = self._b, self._w, self._c, self._entry, self._tag
         scratch = self._scratch
         # Kernels bound to this handle's arguments: one C-level call each on the hot path.
@@ -524,6 +530,13 @@ class _ChanProducer(_ChanEndpoint):
             )
         raise error_from_status(rc, f"publishing into channel {self._chan_id}")
 
+    def _put_staged(self, n: int) -> int:
+        """Publish the message of ``n`` bytes encoded in the scratch buffer, too large to
+        sit inline, in a pool block: the kernel status (FULL for no slot or no room)."""
+        self._one_len[0] = n
+        rc = self._put_many(self._scratch, self._one_len, 1)
+        return rc >> 32 if rc & 0xFFFFFFFF else status.FULL
+
     def _put_large(self, prepared: Any, n: int) -> int:
         s = self._reserve(n)
         if s < 0:
@@ -585,18 +598,18 @@ class _ChanProducer(_ChanEndpoint):
             st.skip += 1  # not counted
             return self._unusable()
         # Fast path: a message of a shape seen before, encoded straight into the scratch
-        # buffer (or, too big to sit inline, into a reserved pool block) and published.
+        # buffer (or, larger than STAGE_BYTES, into a reserved pool block) and published.
         lock = self._lock
         lock.acquire()
         try:
             if self._closed:
                 rc = _CLOSED
             else:
-                n = _encode_fast(value, self._scratch, 0, _SLOT_INLINE)
+                n = _encode_fast(value, self._scratch, 0, self._stage_limit)
                 if n is None:
                     rc = _NOT_FAST
                 elif n > 0:
-                    rc = self._put_scratch(n)
+                    rc = self._put_scratch(n) if n <= _SLOT_INLINE else self._put_staged(n)
                 elif -n <= self._max_bytes:
                     rc = self._put_large_fast(value, -n)
                 else:
@@ -666,7 +679,7 @@ class _ChanProducer(_ChanEndpoint):
         return 0 if got is None else got
 
     def put_data_many(self, values: Sequence[dict], try_time: float | None = None) -> Result:
-        """Send several messages, in order, publishing runs of small ones in one kernel call.
+        """Send several messages, in order, publishing runs of them in one kernel call.
 
         An extension for producers that have many messages at hand (the native batch of
         :func:`fluxon_kernels.channel.prod_put_many`); each message is delivered exactly as
@@ -728,7 +741,8 @@ class _ChanProducer(_ChanEndpoint):
         return Result.new_ok(done)
 
     def _encode_many(self, values: Sequence[dict]) -> tuple:
-        """Encode every message (small ones end to end in one buffer); raises on a bad one.
+        """Encode every message (those up to :data:`STAGE_BYTES` end to end in one
+        buffer); raises on a bad one.
 
         Returns ``(buf, lens, items, starts)``: ``items[i]`` is None for a message
         encoded in ``buf`` at ``starts[i]`` (length ``lens[i]``), a :class:`_Direct`
@@ -741,15 +755,18 @@ class _ChanProducer(_ChanEndpoint):
                 details={"field": "values"},
             )
         count = len(values)
-        if self._batch_buf.shape[0] < count * _SLOT_INLINE:
-            self._batch_buf = np.zeros(max(64, count) * _SLOT_INLINE, dtype=np.uint8)
+        if self._batch_lens.shape[0] < count:
             self._batch_lens = np.zeros(max(64, count), dtype=np.int64)
+        limit = self._stage_limit
+        if self._batch_buf.shape[0] < count * _SLOT_INLINE + limit:
+            self._batch_buf = np.zeros(max(64, count) * _SLOT_INLINE + limit, dtype=np.uint8)
         buf, lens = self._batch_buf, self._batch_lens
+        high = buf.shape[0] - limit  # while pos <= high, a message of limit bytes fits
         items: list = []
         starts: list = []
         pos = 0
         for i, value in enumerate(values):
-            n = _encode_fast(value, buf, pos, _SLOT_INLINE)
+            n = _encode_fast(value, buf, pos, limit)
             if n is not None and n > 0:
                 items.append(None)
             elif n is not None and 0 < -n <= self._max_bytes:
@@ -769,7 +786,7 @@ class _ChanProducer(_ChanEndpoint):
                         f"{self._max_bytes}",
                         details={"size": n, "index": i},
                     )
-                if n <= _SLOT_INLINE:
+                if n <= limit:
                     _write(prepared, buf, pos)
                     prepared = None
                 items.append(prepared)
@@ -777,6 +794,11 @@ class _ChanProducer(_ChanEndpoint):
             starts.append(pos)
             if items[-1] is None:
                 pos += n
+                if pos > high:  # room for one more message of limit bytes
+                    old = buf
+                    buf = self._batch_buf = np.zeros(2 * old.shape[0] + limit, dtype=np.uint8)
+                    buf[:pos] = old[:pos]
+                    high = buf.shape[0] - limit
         return buf, lens, items, starts
 
     def _put_many_attempt(self, plan: tuple, first: int) -> int | None:

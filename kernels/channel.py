@@ -397,13 +397,16 @@ def prod_put(b, w, c, e, tag, src, n):
 
 @njit(nogil=True, cache=True)
 def prod_put_many(b, w, c, e, tag, src, lens, count):
-    """Publish ``count`` inline messages laid end to end in ``src`` (lengths ``lens``).
+    """Publish ``count`` messages laid end to end in ``src`` (lengths ``lens``), in order:
+    each inline in its slot when it fits (``n <= SLOT_INLINE``), else in a heap block
+    of its own (as :func:`prod_reserve` + copy + :func:`prod_publish`).
 
     Returns
     -------
     int
-        How many were published (stops at the first FULL), with ``1 << 32`` added
-        when the caller must futex-wake ``DATA_SEQ``.
+        How many were published (stops at the first message for which there is no free
+        slot, no heap run, or that can never fit), with ``1 << 32`` added when the
+        caller must futex-wake ``DATA_SEQ``.
     """
     cw = chan_word(w, c)
     pw = _prod_word(cw, e)
@@ -412,13 +415,23 @@ def prod_put_many(b, w, c, e, tag, src, lens, count):
     done = 0
     for j in range(count):
         n = lens[j]
-        if n > cl.SLOT_INLINE or n < 0:
+        if n < 0:
             break
         s = _take_free_slot(w, cw, tag, w[pw + cl.P_PRODUCE])
         if s < 0:
             break
         sw = _slot_word(w, cw, s)
-        dst = sw * 8 + cl.S_INLINE_OFF
+        if n <= cl.SLOT_INLINE:
+            dst = sw * 8 + cl.S_INLINE_OFF
+        else:
+            start = heap_alloc(w, n, tag)
+            if start < 0:
+                store_release(w, sw + cl.S_STATE, cl.KIND_FREE)
+                break
+            # Recorded before the copy: a producer killed from here on leaves a HELD
+            # slot and a block with its own tag, both of which the owner reclaims.
+            w[sw + cl.S_REF] = make_ref(start, n)
+            dst = unit_offset(w, start)
         copy_bytes(b, dst, src, pos, n)
         pos += n
         w[sw + cl.S_PRODUCER] = e

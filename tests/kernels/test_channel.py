@@ -430,17 +430,25 @@ def test_prod_put_many(pool):
     # Stops at FULL after capacity messages; no waiter -> no wake bit.
     assert ch.prod_put_many(b, w, chan.c, e, P1, src, lens, 6) == 4
     assert [parse(m) for m in chan.drain()] == [(1, i) for i in range(4)]
-    # Stops at a message too large for a slot; the wake bit is 1 << 32.
+    # Stops at a message that can never fit; the wake bit is 1 << 32.
     ch.wait_begin(w, chan.c, 0)
-    lens2 = np.array([len(msgs[0]), cl.SLOT_INLINE + 1, len(msgs[1])], np.int64)
+    lens2 = np.array([len(msgs[0]), w[ph.W_HEAP_UNITS] * UNIT + 1, len(msgs[1])], np.int64)
     assert ch.prod_put_many(b, w, chan.c, e, P1, src, lens2, 3) == 1 + (1 << 32)
     ch.wait_end(w, chan.c, 0)
     bad = np.array([-1, 5], np.int64)
     assert ch.prod_put_many(b, w, chan.c, e, P1, src, bad, 2) == 0
     assert ch.prod_put_many(b, w, chan.c, e, P1, src, lens, 0) == 0
     assert [parse(m) for m in chan.drain()] == [(1, 0)]
+    # Messages too large for a slot go into heap blocks, in order with inline ones.
+    big = [message(1, 10 + i, n) for i, n in enumerate((cl.SLOT_INLINE + 1, 40, 3 * UNIT))]
+    lens3 = np.array([len(m) for m in big], np.int64)
+    free0 = heap_free_units(w)
+    assert ch.prod_put_many(b, w, chan.c, e, P1, arr(b"".join(big)), lens3, 3) == 3
+    assert heap_free_units(w) == free0 - 1 - 3  # the inline one takes no block
+    assert chan.drain() == big
+    assert heap_free_units(w) == free0
     backlog, off = chan.offsets()
-    assert backlog == 0 and off[e, 1] == 5
+    assert backlog == 0 and off[e, 1] == 8
     finish(chan)
 
 

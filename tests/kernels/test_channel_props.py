@@ -181,7 +181,10 @@ class ChannelMachine(RuleBasedStateMachine):
         self._ack(tag, p, r)
 
     @precondition(lambda self: self.producers)
-    @rule(data=st.data(), sizes=st.lists(st.integers(12, 40), min_size=0, max_size=5))
+    @rule(
+        data=st.data(),
+        sizes=st.lists(st.one_of(st.integers(12, 40), LARGE_SIZES.filter(bool)), max_size=5),
+    )
     def put_many(self, data, sizes):
         tag, p = self._producer(data)
         payloads = [message(tag, p.seq + i, n) for i, n in enumerate(sizes)]
@@ -189,6 +192,7 @@ class ChannelMachine(RuleBasedStateMachine):
         lens = np.array(sizes or [0], np.int64)
         r = ch.prod_put_many(self.b, self.w, self.c, p.e, tag, src, lens, len(sizes))
         assert r == self.model.prod_put_many(p.e, tag, payloads)
+        event(f"put_many {r & 0xFFFFFFFF} of {len(sizes)}, {sum(n > cl.SLOT_INLINE for n in sizes)} large")
         for _ in range(r & 0xFFFFFFFF):
             self._ack(tag, p, 0)
 

@@ -193,12 +193,16 @@ class ChannelModel:
         return self._publish(e, s)
 
     def prod_put_many(self, e: int, tag: int, payloads: list[bytes]) -> int:
-        """Publish inline messages up to the first FULL/too large: ``done + (wake << 32)``."""
+        """Publish messages (inline or in a block) up to the first that finds no slot or
+        is empty and too large for a slot: ``done + (wake << 32)``."""
         done = wake = 0
         for payload in payloads:
-            if len(payload) > cl.SLOT_INLINE:
-                break
-            r = self.prod_put(e, tag, payload)
+            if len(payload) <= cl.SLOT_INLINE:
+                r = self.prod_put(e, tag, payload)
+            else:
+                r = self.prod_reserve(e, tag, payload)
+                if r >= 0:
+                    r = self._publish(e, r)
             if r < 0:
                 break
             wake |= r

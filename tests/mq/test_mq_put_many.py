@@ -1,5 +1,6 @@
-"""put_data_many: order, mixed sizes (inline, direct into a pool block, general path),
-validation before anything is published, partial results on a full channel, close."""
+"""put_data_many and put_data: order, mixed sizes (inline, staged in the producer's
+buffer, direct into a pool block, general path), validation before anything is published,
+partial results on a full channel, close."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ def _drain(consumer, n):
     return out
 
 
-def test_mixed_sizes_arrive_in_order_and_large_known_shapes_go_direct(store, key, monkeypatch):
-    producer, consumer = _pair(store, key)
+def _spy_direct(monkeypatch) -> list:
+    """Sizes of the messages encoded straight into a reserved pool block."""
     direct = []
     real = api_ext_chan._ChanProducer._put_large_fast
 
@@ -37,7 +38,16 @@ def test_mixed_sizes_arrive_in_order_and_large_known_shapes_go_direct(store, key
         return real(self, value, n)
 
     monkeypatch.setattr(api_ext_chan._ChanProducer, "_put_large_fast", spy)
-    pads = [0, 4096, 10, 100_000, 4096, 0]  # inline and larger, interleaved
+    return direct
+
+
+def test_mixed_sizes_arrive_in_order_and_large_known_shapes_go_direct(store, key, monkeypatch):
+    producer, consumer = _pair(store, key)
+    direct = _spy_direct(monkeypatch)
+    stage = api_ext_chan.STAGE_BYTES
+    # Inline, staged (up to STAGE_BYTES: encoded into the producer's buffer, copied by
+    # the publishing kernel) and direct, interleaved.
+    pads = [0, 4096, 10, 100_000, 4096, stage - 200, stage + 10, 0]
     seq = 0
     got = []
     for _round in range(6):  # later rounds: the shapes are known, large ones go direct
@@ -51,6 +61,45 @@ def test_mixed_sizes_arrive_in_order_and_large_known_shapes_go_direct(store, key
     arrays = [m["arr"] for m in got if "arr" in m]
     assert len(arrays) == 6 and all(np.array_equal(a, np.arange(700.0)) for a in arrays)
     assert direct, "no large message of a known shape was encoded straight into the pool"
+    assert min(direct) > stage, "a message up to STAGE_BYTES went direct, not staged"
+    producer.close()
+    consumer.close()
+
+
+def test_a_batch_larger_than_the_staging_buffer_grows_it(store, key):
+    producer, consumer = _pair(store, key, capacity=256)
+    for rnd in range(3):
+        batch = [make_message(3, rnd * 200 + i, 5000 + i) for i in range(200)]  # ~1 MB
+        assert producer.put_data_many(batch, try_time=5).unwrap() == 200
+        got = _drain(consumer, 200)
+        assert [m["seq"] for m in got] == [m["seq"] for m in batch]
+        assert all(message_ok(m) and len(m["pad"]) == 5000 + i for i, m in enumerate(got))
+    producer.close()
+    consumer.close()
+
+
+def test_put_data_stages_mid_sized_messages_and_sends_larger_ones_direct(
+    store, key, monkeypatch
+):
+    producer, consumer = _pair(store, key, capacity=4)
+    direct = _spy_direct(monkeypatch)
+    stage = api_ext_chan.STAGE_BYTES
+    pads = [3000, stage - 200, stage + 10, 300_000]
+    seq = 0
+    for _round in range(4):  # later rounds: the shape is known (the fast path)
+        for pad in pads:
+            assert producer.put_data(make_message(4, seq, pad), try_time=5).unwrap() is True
+            seq += 1
+        got = _drain(consumer, len(pads))
+        assert [len(m["pad"]) for m in got] == pads and all(message_ok(m) for m in got)
+    assert direct and min(direct) > stage
+    # A full channel: a staged message waits for room, then goes out.
+    for i in range(4):
+        assert producer.put_data(make_message(4, seq + i, 3000), try_time=5).unwrap() is True
+    assert producer.put_data(make_message(4, seq + 4, 3000), try_time=0.05).unwrap() is False
+    assert len(_drain(consumer, 4)) == 4
+    assert producer.put_data(make_message(4, seq + 4, 3000), try_time=5).unwrap() is True
+    assert [m["seq"] for m in _drain(consumer, 1)] == [seq + 4]
     producer.close()
     consumer.close()
 
