@@ -93,11 +93,16 @@ def find_expired_channels(
     count = int(w[ph.W_CHAN_COUNT])
     candidates = []
     now_ns = time.time_ns()
+    occupied = None
     for c in range(count):
         cw = int(kchan.chan_word(w, c))
         if int(w[cw + cl.C_STATE]) != cl.CHAN_ACTIVE:
             continue
         if now_ns - int(w[cw + cl.C_CREATED_NS]) < grace_s * 1e9:
+            continue
+        if occupied is None:
+            occupied = _occupied_tags(pool)
+        if _has_members(w, cw, occupied):  # in use: no need to ask etcd
             continue
         candidates.append((c, cw, int(w[cw + cl.C_CHAN_ID])))
     if not candidates:
@@ -109,7 +114,7 @@ def find_expired_channels(
             live.add(int(key[len(prefix) :]))
         except ValueError:
             continue
-    occupied = _occupied_tags(pool)
+    occupied = _occupied_tags(pool)  # again: members may have attached meanwhile
     expired = []
     for c, cw, chan_id in candidates:
         if chan_id in live or _has_members(w, cw, occupied):

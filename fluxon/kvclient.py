@@ -43,7 +43,7 @@ from .config import FluxonKvClientConfig
 from .futex import wake_all_channels
 from .logging import init_logger
 from .pool import Pool
-from .procinfo import is_process_alive, process_start_time
+from .procinfo import ExitWaiter, is_process_alive, process_start_time
 
 __all__ = [
     "KvClient",
@@ -58,8 +58,9 @@ _log = init_logger("fluxon.kvclient")
 
 #: Lease TTL of a client's etcd member record; renewed every third of it.
 MEMBER_LEASE_TTL_S = 10
-#: How often the client checks that its owner is still alive.
-OWNER_CHECK_INTERVAL_S = 0.5
+#: How often the client checks its owner and beats its heart in the pool when nothing
+#: happens (an owner that exits wakes the check at once, through its pidfd).
+OWNER_CHECK_INTERVAL_S = 2.0
 #: Spins on a busy KV bucket lock before the kernel hands back RETRY.
 LOCK_SPINS = 2000
 
@@ -228,6 +229,7 @@ class KvClient:
         self._lease = None
         self._member_record: dict = {}
         self._stop = threading.Event()
+        self._owner_waiter = ExitWaiter()
         self._watchdog = threading.Thread(
             target=self._watch_owner, name=f"fluxon-kv-{cfg.instance_key}", daemon=True
         )
@@ -343,12 +345,22 @@ class KvClient:
         return not (isinstance(pid, int) and is_process_alive(pid, start))
 
     def _watch_owner(self) -> None:
-        while not self._stop.wait(OWNER_CHECK_INTERVAL_S):
-            pool = self._pool
-            if pool.closed:
-                return
-            pool.member_heartbeat(self._slot)
-            self._check_owner(pool)
+        """Watchdog thread: sleeps until the owner process exits (its pidfd) or for
+        :data:`OWNER_CHECK_INTERVAL_S`, then checks the owner and beats the heart."""
+        waiter = self._owner_waiter
+        try:
+            while not self._stop.is_set():
+                pool = self._pool
+                if pool.closed:
+                    return
+                waiter.watch({(pool.owner_pid, pool.owner_start)})
+                waiter.wait(OWNER_CHECK_INTERVAL_S)
+                if self._stop.is_set() or pool.closed:
+                    return
+                pool.member_heartbeat(self._slot)
+                self._check_owner(pool)
+        finally:
+            waiter.close()
 
     def _check_owner(self, pool: Pool) -> None:
         """One watchdog check: is the owner recorded in the pool header usable?
@@ -422,6 +434,9 @@ class KvClient:
             self._children.clear()
             self._closed = True
         self._stop.set()
+        self._owner_waiter.wake()
+        if self._watchdog.ident is None:  # never started: nobody else closes the waiter
+            self._owner_waiter.close()
         if self._etcd is not None:
             try:
                 self._etcd.delete(naming.member_key(self._cfg.cluster_name, self._cfg.instance_key))

@@ -476,11 +476,16 @@ class Pool:
         """The owner's pid."""
         return int(self.w[ph.W_OWNER_PID])
 
+    @property
+    def owner_start(self) -> int:
+        """The owner's start time (``/proc`` clock ticks; with the pid, its identity)."""
+        return int(self.w[ph.W_OWNER_START])
+
     def owner_alive(self) -> bool:
         """Whether the owner process that created the pool still runs and is not closing."""
         if self.w[ph.W_CLOSING]:
             return False
-        return is_process_alive(self.owner_pid, int(self.w[ph.W_OWNER_START]))
+        return is_process_alive(self.owner_pid, self.owner_start)
 
     def owner_state(self) -> str:
         """``"alive"``, ``"closing"`` (the owner is stopping: the pool goes away) or

@@ -8,6 +8,7 @@ parentheses, so the fields are split only after the *last* ``')'``.
 from __future__ import annotations
 
 import os
+import threading
 
 # Fields after the closing ')' start at field 3 (state); field 22 is starttime.
 _STATE_FIELD = 3
@@ -108,3 +109,91 @@ def clock_ticks_per_second() -> int:
         return int(os.sysconf("SC_CLK_TCK"))
     except (ValueError, OSError):
         return 100
+
+
+class ExitWaiter:
+    """Sleep until a timeout, a :meth:`wake`, or the exit of a watched process.
+
+    Watches processes through pidfds (Linux 5.3+), so a sleeper learns of an exit at
+    once instead of polling ``/proc``; where pidfds are unavailable it only sleeps (the
+    caller's periodic check still finds the exit). Thread-safe for one waiter and any
+    number of wakers.
+    """
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self._fds: dict[tuple[int, int | None], int] = {}
+        self._closed = False
+        self._lock = threading.Lock()  # wake vs close: never write to a reused fd number
+
+    def watch(self, procs: set[tuple[int, int | None]]) -> None:
+        """Watch exactly ``procs``, ``(pid, start time)`` pairs (waiter thread only).
+
+        A process already gone (or whose pid now names another process) is not watched:
+        the caller's periodic check finds it.
+        """
+        for key in [k for k in self._fds if k not in procs]:
+            os.close(self._fds.pop(key))
+        if not hasattr(os, "pidfd_open"):
+            return
+        for pid, start in procs:
+            if (pid, start) in self._fds:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            if not is_process_alive(pid, start):  # opened after a pid reuse: not ours
+                os.close(fd)
+                continue
+            self._fds[(pid, start)] = fd
+
+    def wait(self, timeout: float | None) -> list[tuple[int, int | None]]:
+        """Sleep up to ``timeout`` seconds (None: no limit); returns the watched
+        processes that exited (they are no longer watched), empty after a timeout or a
+        :meth:`wake`."""
+        import select
+
+        poller = select.poll()
+        poller.register(self._r, select.POLLIN)
+        by_fd = {fd: key for key, fd in self._fds.items()}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        ready = poller.poll(None if timeout is None else int(timeout * 1000))
+        exited = []
+        for fd, _events in ready:
+            if fd == self._r:
+                try:
+                    while os.read(self._r, 64):
+                        pass
+                except BlockingIOError:
+                    pass
+            else:
+                key = by_fd[fd]
+                exited.append(key)
+                os.close(self._fds.pop(key))
+        return exited
+
+    def wake(self) -> None:
+        """Make the current (or next) :meth:`wait` return at once."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._w, b"\0")
+            except OSError:
+                pass  # full: a wake is pending anyway
+
+    def close(self) -> None:
+        """Release the pipe and the pidfds (after the waiter has stopped)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            os.close(self._r)
+            os.close(self._w)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -56,6 +57,8 @@ DEFAULT_HTTP_LISTEN_ADDR = "127.0.0.1:18080"
 LEASE_TTL_S = 10
 #: Deadline of each etcd call made by the master.
 ETCD_TIMEOUT_S = 3.0
+#: Poll interval of the HTTP server loop (it wakes for requests; shutdown knocks).
+HTTP_POLL_S = 5.0
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -315,6 +318,21 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("http %s: " + fmt, self.address_string(), *args)
 
 
+def _stop_serving(httpd: ThreadingHTTPServer, thread: threading.Thread) -> None:
+    """Stop ``serve_forever`` on ``thread`` without waiting out its poll interval: ask
+    for the shutdown, then knock on the listening socket until the loop has seen it."""
+    stopper = threading.Thread(target=httpd.shutdown, name="fluxon-master-http-stop", daemon=True)
+    stopper.start()
+    deadline = time.monotonic() + 5.0
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:
+            socket.create_connection(httpd.server_address[:2], timeout=0.2).close()
+        except OSError:
+            pass
+        thread.join(timeout=0.05)
+    stopper.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
 class MasterService:
     """The master's state; :func:`run_master_blocking` drives it.
 
@@ -424,7 +442,7 @@ class MasterService:
             raise
         self._http_thread = threading.Thread(
             target=self.httpd.serve_forever,
-            kwargs={"poll_interval": 0.2},
+            kwargs={"poll_interval": HTTP_POLL_S},
             name="fluxon-master-http",
             daemon=True,
         )
@@ -524,8 +542,7 @@ class MasterService:
         httpd, self.httpd = self.httpd, None
         if httpd is not None:
             if self._http_thread is not None:
-                httpd.shutdown()
-                self._http_thread.join(timeout=5.0)
+                _stop_serving(httpd, self._http_thread)
             httpd.server_close()
         if self._keepalive is not None:
             self._keepalive.stop()

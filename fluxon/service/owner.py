@@ -62,15 +62,16 @@ from ..channel_reaper import (
     forget_unique_keys,
 )
 from ..futex import wake_all_channels
-from ..procinfo import is_process_alive, process_start_time
+from ..procinfo import ExitWaiter, is_process_alive, process_start_time
 from ..runtime.ctrlc import register_ctrlc_callback
 from ..runtime.launch import add_config_arguments, config_from_arguments
 from ..runtime.service_support import host_name, read_json, setup_service_logging, write_json_atomic
 
 _log = logging.getLogger("fluxon.owner")
 
-#: Seconds between heartbeats / reaping passes.
-LOOP_INTERVAL_S = 0.2
+#: Seconds between heartbeats / reaping passes (a member process that exits triggers a
+#: pass at once, through its pidfd).
+LOOP_INTERVAL_S = 1.0
 #: TTL of the owner's etcd lease; renewed every third of it.
 LEASE_TTL_S = 10
 #: Seconds between refreshes of the pool statistics published in the owner key.
@@ -78,7 +79,7 @@ STATS_INTERVAL_S = 5.0
 #: Deadline of each etcd call made by the owner.
 ETCD_TIMEOUT_S = 3.0
 #: Passes between two looks for delivered counts left short by a killed consumer.
-HEAL_EVERY_PASSES = 5
+HEAL_EVERY_PASSES = 1
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -181,6 +182,11 @@ class OwnerService:
         self._started = False
         self._passes = 0
         self._done_suspects: dict[tuple[int, int], int] = {}
+        # Passes run on the main loop and, when a member exits, on the deaths thread.
+        self._step_lock = threading.Lock()
+        self._deaths = ExitWaiter()
+        self._deaths_thread: threading.Thread | None = None
+        self._member_procs: set = set()  # (pid, start) of the members, for the deaths thread
 
     # ------------------------------------------------------------- start
     def start(self) -> None:
@@ -209,6 +215,10 @@ class OwnerService:
             target=self._etcd_worker, name="fluxon-owner-etcd", daemon=True
         )
         self._etcd_thread.start()
+        self._deaths_thread = threading.Thread(
+            target=self._watch_deaths, name="fluxon-owner-deaths", daemon=True
+        )
+        self._deaths_thread.start()
         _log.info(
             "owner %s of cluster %s ready: pool %s (%d bytes, %s), etcd %s",
             self.instance_key,
@@ -418,9 +428,32 @@ class OwnerService:
     # ------------------------------------------------------------- steady state
     def step(self) -> list:
         """One heartbeat + reaping pass; returns the members reaped in it."""
+        with self._step_lock:
+            return self._step()
+
+    def _watch_deaths(self) -> None:
+        """Side thread: sleeps on the members' pidfds and runs a pass as soon as one exits
+        (the main loop's pass a second finds members that come and go in between)."""
+        deaths = self._deaths
+        try:
+            while not self._etcd_stop.is_set():
+                deaths.watch(self._member_procs)
+                if deaths.wait(None) and not self._etcd_stop.is_set():
+                    self.step()
+        except Exception:  # noqa: BLE001 - the main loop's passes still reap
+            _log.exception("member exit watcher failed; reaping continues every %s s", LOOP_INTERVAL_S)
+        finally:
+            deaths.close()
+
+    def _step(self) -> list:
         pool = self.pool
         pool.heartbeat()
         reaped = pool.reap_dead_members()
+        me = self.pid
+        procs = {(m.pid, m.start_time or None) for m in pool.members() if m.pid != me}
+        if procs != self._member_procs:
+            self._member_procs = procs
+            self._deaths.wake()  # watch the new set
         if reaped:
             # repair re-queued messages and freed slots: wake sleepers now, not at
             # their next timeout slice
@@ -538,8 +571,13 @@ class OwnerService:
     def shutdown(self) -> None:
         """Tear everything down (idempotent; each step bounded and best effort)."""
         self._etcd_stop.set()
+        self._deaths.wake()
         if self._etcd_thread is not None and self._etcd_thread is not threading.current_thread():
             self._etcd_thread.join(timeout=ETCD_TIMEOUT_S + 1.0)
+        if self._deaths_thread is None:
+            self._deaths.close()
+        elif self._deaths_thread is not threading.current_thread():
+            self._deaths_thread.join(timeout=ETCD_TIMEOUT_S + 1.0)
         pool = self.pool
         # A pool adopted by a start that then failed (etcd unreachable, ...) is left
         # as it was, clients and all, for the next start to adopt.

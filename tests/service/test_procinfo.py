@@ -1,4 +1,5 @@
-"""Process identity: (pid, start time) survives pid reuse; zombies count as dead."""
+"""Process identity: (pid, start time) survives pid reuse; zombies count as dead; the
+exit waiter wakes on a watched process's exit, on wake(), or after its timeout."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import subprocess
 import sys
 import time
 
-from fluxon.procinfo import is_process_alive, process_start_time, process_state
+import threading
+
+import pytest
+
+from fluxon.procinfo import ExitWaiter, is_process_alive, process_start_time, process_state
 
 
 def test_own_start_time_is_stable_and_alive():
@@ -66,3 +71,56 @@ def test_command_name_with_parentheses_and_spaces(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd on this system")
+def test_exit_waiter_wakes_when_a_watched_process_exits():
+    proc = _sleeper()
+    waiter = ExitWaiter()
+    try:
+        key = (proc.pid, process_start_time(proc.pid))
+        waiter.watch({key})
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(waiter.wait(None)))
+        t.start()
+        time.sleep(0.2)
+        assert t.is_alive() and not got  # sleeping: nothing exited, no timeout
+        proc.kill()
+        t.join(10)
+        assert got == [[key]]
+        assert waiter.wait(0.05) == []  # no longer watched: a timeout
+    finally:
+        proc.kill()
+        proc.wait()
+        waiter.close()
+
+
+def test_exit_waiter_wake_timeout_and_what_it_does_not_watch():
+    proc = _sleeper()
+    waiter = ExitWaiter()
+    try:
+        start = process_start_time(proc.pid)
+        # Another start time (the pid reused by another process) and a pid that does
+        # not exist are not watched.
+        waiter.watch({(proc.pid, start + 1), (2**22 + 7, None)})
+        t0 = time.monotonic()
+        assert waiter.wait(0.1) == []
+        assert time.monotonic() - t0 >= 0.09
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(waiter.wait(None)))
+        t.start()
+        waiter.wake()
+        t.join(10)
+        assert got == [[]]
+        waiter.wake()  # a wake before the wait: the next wait returns at once
+        assert waiter.wait(None) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        waiter.close()
+    waiter.wake()  # after close: nothing happens
+    waiter.close()
