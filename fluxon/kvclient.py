@@ -56,8 +56,10 @@ __all__ = [
 
 _log = init_logger("fluxon.kvclient")
 
-#: Lease TTL of a client's etcd member record; renewed every third of it.
-MEMBER_LEASE_TTL_S = 10
+#: Lease TTL of a client's etcd member record; renewed every third of it (a refresh
+#: costs a few ms of CPU, mostly gRPC's). The owner deletes the record of a client it
+#: reaps at once; the TTL only clears records of clients whose whole node went away.
+MEMBER_LEASE_TTL_S = 30
 #: How often the client checks its owner and beats its heart in the pool when nothing
 #: happens (an owner that exits wakes the check at once, through its pidfd).
 OWNER_CHECK_INTERVAL_S = 2.0
