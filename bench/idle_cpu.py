@@ -108,11 +108,7 @@ def main() -> None:
     rows = {}
     for k in pids:
         (t_a, k_a), (t_b, k_b) = before[k], after[k]
-        per = [
-            (t_b[t][1] - t_a[t][1], t_b[t][2] - t_a[t][2], t_b[t][0])
-            for t in t_b
-            if t in t_a
-        ]
+        per = [(t_b[t][1] - t_a[t][1], t_b[t][2] - t_a[t][2], t_b[t][0]) for t in t_b if t in t_a]
         threads = sum(ns for ns, _, _ in per) / el / 1e9 * 100
         ticks = (k_b - k_a) / TICKS / el * 100
         rows[k] = per
@@ -121,8 +117,7 @@ def main() -> None:
             total["threads"] += threads
             total["ticks"] += ticks
     print(
-        f"| owner + master + blocked consumer | {total['threads']:.3f} % | "
-        f"{total['ticks']:.2f} % |"
+        f"| owner + master + blocked consumer | {total['threads']:.3f} % | {total['ticks']:.2f} % |"
     )
     if a.threads:
         for k, per in rows.items():

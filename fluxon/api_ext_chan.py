@@ -104,9 +104,9 @@ DIRECT_DECODE_BYTES = 64 << 10
 #: the pool by the publishing kernel (one kernel call, one encode); larger ones are
 #: encoded straight into their reserved pool block (no second copy).
 STAGE_BYTES = 16 << 10
-#: Longest single futex sleep; a blocked call re-checks (owner, deadline) this often
-#: (close and the store's owner watchdog wake it at once).
-WAIT_SLICE_S = 1.0
+#: Longest single futex sleep; a blocked call re-checks the owner this often (a safety
+#: net: close and the store's owner watchdog wake it at once; deadlines are exact).
+WAIT_SLICE_S = 5.0
 _CONFIG_KEYS = ("capacity", "ttl_seconds", "weight", "payload_backend")
 _OK_TRUE = Result.new_ok(True)
 _OK_FALSE = Result.new_ok(False)

@@ -36,6 +36,7 @@ __all__ = [
     "find_expired_channels",
     "forget_unique_keys",
     "reap_expired_channels",
+    "unused_channels",
 ]
 
 _log = logging.getLogger("fluxon.channel_reaper")
@@ -70,6 +71,32 @@ def _has_members(w: Any, cw: int, occupied: set[int]) -> bool:
     return False
 
 
+def unused_channels(pool: Any, grace_s: float = GRACE_S) -> list[tuple[int, int, int]]:
+    """ACTIVE channels older than ``grace_s`` that no live member is attached to (the
+    only ones whose descriptor may have expired), from the pool alone.
+
+    Returns
+    -------
+    list of (int, int, int)
+        ``(entry, channel word, chan_id)``.
+    """
+    w = pool.w
+    out = []
+    now_ns = time.time_ns()
+    occupied = None
+    for c in range(int(w[ph.W_CHAN_COUNT])):
+        cw = int(kchan.chan_word(w, c))
+        if int(w[cw + cl.C_STATE]) != cl.CHAN_ACTIVE:
+            continue
+        if now_ns - int(w[cw + cl.C_CREATED_NS]) < grace_s * 1e9:
+            continue
+        if occupied is None:
+            occupied = _occupied_tags(pool)
+        if not _has_members(w, cw, occupied):
+            out.append((c, cw, int(w[cw + cl.C_CHAN_ID])))
+    return out
+
+
 def find_expired_channels(
     pool: Any, etcd_session: Any, cluster_name: str, grace_s: float = GRACE_S
 ) -> list[tuple[int, int]]:
@@ -90,21 +117,7 @@ def find_expired_channels(
         If etcd cannot be read.
     """
     w = pool.w
-    count = int(w[ph.W_CHAN_COUNT])
-    candidates = []
-    now_ns = time.time_ns()
-    occupied = None
-    for c in range(count):
-        cw = int(kchan.chan_word(w, c))
-        if int(w[cw + cl.C_STATE]) != cl.CHAN_ACTIVE:
-            continue
-        if now_ns - int(w[cw + cl.C_CREATED_NS]) < grace_s * 1e9:
-            continue
-        if occupied is None:
-            occupied = _occupied_tags(pool)
-        if _has_members(w, cw, occupied):  # in use: no need to ask etcd
-            continue
-        candidates.append((c, cw, int(w[cw + cl.C_CHAN_ID])))
+    candidates = unused_channels(pool, grace_s)
     if not candidates:
         return []
     prefix = naming.chan_desc_prefix(cluster_name)

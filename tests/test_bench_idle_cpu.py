@@ -27,8 +27,16 @@ def test_short_window_prints_every_process():
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for name in ("etcd", "master", "owner", "blocked consumer", "owner + master + blocked consumer"):
-        assert re.search(rf"^\| {re.escape(name)} \| [\d.]+ % \| [\d.]+ % \|$", proc.stdout, re.M), (
+    for name in (
+        "etcd",
+        "master",
+        "owner",
+        "blocked consumer",
+        "owner + master + blocked consumer",
+    ):
+        assert re.search(
+            rf"^\| {re.escape(name)} \| [\d.]+ % \| [\d.]+ % \|$", proc.stdout, re.M
+        ), (
             name,
             proc.stdout,
         )

@@ -60,6 +60,7 @@ from ..channel_reaper import (
     destroy_expired_channels,
     find_expired_channels,
     forget_unique_keys,
+    unused_channels,
 )
 from ..futex import wake_all_channels
 from ..procinfo import ExitWaiter, is_process_alive, process_start_time
@@ -400,7 +401,7 @@ class OwnerService:
         self._keepalive = session.keepalive(
             lease,
             LEASE_TTL_S / 3.0,
-            on_lost=lambda _id: self._lease_lost.set(),
+            on_lost=lambda _id: self._wake_etcd_worker(self._lease_lost),
             name="fluxon-owner-lease",
         )
 
@@ -441,7 +442,9 @@ class OwnerService:
                 if deaths.wait(None) and not self._etcd_stop.is_set():
                     self.step()
         except Exception:  # noqa: BLE001 - the main loop's passes still reap
-            _log.exception("member exit watcher failed; reaping continues every %s s", LOOP_INTERVAL_S)
+            _log.exception(
+                "member exit watcher failed; reaping continues every %s s", LOOP_INTERVAL_S
+            )
         finally:
             deaths.close()
 
@@ -514,11 +517,11 @@ class OwnerService:
         next_stats = time.monotonic() + STATS_INTERVAL_S
         next_reap = time.monotonic() + REAP_INTERVAL_S
         while not self._etcd_stop.is_set():
-            # Sleep until a job comes or the next periodic check is due (idle: one wake-up
-            # a second, the reaper's interval).
+            # Sleep until a job comes (stop and a lost lease send one too) or the next
+            # periodic check is due.
             left = min(next_reap, next_stats) - time.monotonic()
             try:
-                job = self._etcd_jobs.get(timeout=min(1.0, max(0.05, left)))
+                job = self._etcd_jobs.get(timeout=max(0.05, left))
             except queue.Empty:
                 job = None
             if self._etcd_stop.is_set():
@@ -529,10 +532,18 @@ class OwnerService:
                 elif job is not None and job[0] == "forget_unique_keys":
                     forget_unique_keys(self.session, self.cluster_name, job[1])
                 if time.monotonic() >= next_reap:
-                    next_reap = time.monotonic() + REAP_INTERVAL_S
-                    expired = find_expired_channels(self.pool, self.session, self.cluster_name)
-                    if expired:
-                        self._expired_channels.put(expired)
+                    # Only channels nobody is attached to can expire: while there are
+                    # none, look again at the slower pace of the statistics.
+                    unused = bool(unused_channels(self.pool))
+                    next_reap = time.monotonic() + (
+                        REAP_INTERVAL_S if unused else STATS_INTERVAL_S
+                    )
+                    if unused:
+                        expired = find_expired_channels(
+                            self.pool, self.session, self.cluster_name
+                        )
+                        if expired:
+                            self._expired_channels.put(expired)
                 if self._lease_lost.is_set():
                     _log.warning("owner lease expired during an etcd outage; registering again")
                     if self._keepalive is not None:
@@ -552,6 +563,11 @@ class OwnerService:
             except ApiError as exc:
                 _log.error("etcd bookkeeping failed: %s", exc)
 
+    def _wake_etcd_worker(self, flag: threading.Event) -> None:
+        """Set ``flag`` and wake the etcd thread to act on it."""
+        flag.set()
+        self._etcd_jobs.put(("wake", None, None))
+
     def _delete_dead_member_key(self, name: str, pid: Any) -> None:
         key = naming.member_key(self.cluster_name, name)
         previous = self.session.get(key)
@@ -570,7 +586,7 @@ class OwnerService:
     # ------------------------------------------------------------- stop
     def shutdown(self) -> None:
         """Tear everything down (idempotent; each step bounded and best effort)."""
-        self._etcd_stop.set()
+        self._wake_etcd_worker(self._etcd_stop)
         self._deaths.wake()
         if self._etcd_thread is not None and self._etcd_thread is not threading.current_thread():
             self._etcd_thread.join(timeout=ETCD_TIMEOUT_S + 1.0)

@@ -190,7 +190,7 @@ class ServicePlane:
                         self.master_proc,
                         "master",
                         timeout,
-                        os.path.join(self.log_dir, "master.out"),
+                        self._logs("master"),
                     )
                 log(
                     f"master: running (pid {self.master_proc.pid}), monitoring at {self.master_url}"
@@ -206,7 +206,7 @@ class ServicePlane:
                 self.owner_proc,
                 "owner",
                 timeout,
-                os.path.join(self.log_dir, "owner.out"),
+                self._logs("owner"),
             )
             log(
                 f"owner: running (pid {self.owner_proc.pid}), pool "
@@ -224,18 +224,28 @@ class ServicePlane:
             return False
         return isinstance(data, dict) and data.get("owner_pid") == self.owner_proc.pid
 
+    def _logs(self, service: str) -> list[str]:
+        """A service's console output and its own log file."""
+        return [
+            os.path.join(self.log_dir, f"{service}.out"),
+            os.path.join(self.log_dir, f"{service}-{self.cluster_name}.log"),
+        ]
+
     @staticmethod
-    def _wait(ready, proc, label: str, timeout: float, log_path: str) -> None:
+    def _wait(ready, proc, label: str, timeout: float, log_paths: list[str]) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             code = proc.poll()
-            if code is not None:
-                raise RuntimeError(
-                    f"{label} exited with status {code} while starting:\n{_tail(log_path)}"
-                )
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"{label} not ready after {timeout:.0f} s:\n{_tail(log_path)}")
-            time.sleep(0.05)
+            if code is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            what = (
+                f"exited with status {code}"
+                if code is not None
+                else f"not ready after {timeout:.0f} s"
+            )
+            logs = "\n".join(f"--- {os.path.basename(p)}:\n{_tail(p)}" for p in log_paths)
+            raise RuntimeError(f"{label} {what} while starting:\n{logs}")
 
     # record / supervise / stop ------------------------------------------------
     def record(self) -> dict:

@@ -192,7 +192,8 @@ class ChannelMachine(RuleBasedStateMachine):
         lens = np.array(sizes or [0], np.int64)
         r = ch.prod_put_many(self.b, self.w, self.c, p.e, tag, src, lens, len(sizes))
         assert r == self.model.prod_put_many(p.e, tag, payloads)
-        event(f"put_many {r & 0xFFFFFFFF} of {len(sizes)}, {sum(n > cl.SLOT_INLINE for n in sizes)} large")
+        large = sum(n > cl.SLOT_INLINE for n in sizes)
+        event(f"put_many {r & 0xFFFFFFFF} of {len(sizes)}, {large} large")
         for _ in range(r & 0xFFFFFFFF):
             self._ack(tag, p, 0)
 

@@ -78,9 +78,7 @@ def test_a_batch_larger_than_the_staging_buffer_grows_it(store, key):
     consumer.close()
 
 
-def test_put_data_stages_mid_sized_messages_and_sends_larger_ones_direct(
-    store, key, monkeypatch
-):
+def test_put_data_stages_mid_sized_messages_and_sends_larger_ones_direct(store, key, monkeypatch):
     producer, consumer = _pair(store, key, capacity=4)
     direct = _spy_direct(monkeypatch)
     stage = api_ext_chan.STAGE_BYTES

@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-
 import threading
+import time
 
 import pytest
 
