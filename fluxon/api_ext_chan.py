@@ -934,10 +934,9 @@ class _ChanConsumer(_ChanEndpoint):
                     self._claimed = arr = grown
                 if w:
                     tc = _perf_ns()
-                    got = self._k_claim(arr[end:] if end else arr, want - have)
+                got = self._k_claim(arr[end:] if end else arr, want - have)
+                if w:
                     t = _perf_ns()
-                else:
-                    got = self._k_claim(arr[end:] if end else arr, want - have)
                 end += got
                 self._pf_end = end
                 have = end - start
@@ -989,15 +988,19 @@ class _ChanConsumer(_ChanEndpoint):
             self._k_lengths(slots, k, lens_arr)
             lens = lens_arr[:k].tolist()
             if min(lens) >= DIRECT_DECODE_BYTES:
-                return self._take_large(start, slots, k, lens, t, w)
-            buf, offs = self._copy_measured(slots, k, lens)
-            self._inline_first = max(lens) <= _SLOT_INLINE
+                buf = None  # decoded from the pool: the copy-out counts as decoding
+            else:
+                buf, offs = self._copy_measured(slots, k, lens)
+                self._inline_first = max(lens) <= _SLOT_INLINE
         if w:
-            t1 = _perf_ns()
-        try:
-            out = _decode_many(buf, offs, lens)
-        except MsgDeserializeError:
-            out = self._decode_each(buf, offs, lens)
+            t1 = t if buf is None else _perf_ns()
+        if buf is None:
+            out = self._decode_large(slots, k, lens)
+        else:
+            try:
+                out = _decode_many(buf, offs, lens)
+            except MsgDeserializeError:
+                out = self._decode_each(buf, offs, lens)
         t2 = _perf_ns()
         self._pf_start = start + k
         if self._k_complete(slots, k):
@@ -1038,10 +1041,8 @@ class _ChanConsumer(_ChanEndpoint):
         self._k_copy(slots, k, buf, offs_arr)
         return buf, offs
 
-    def _take_large(
-        self, start: int, slots: np.ndarray, k: int, lens: list, t: int, w: int
-    ) -> list:
-        """:meth:`_take` for large messages: one copy each instead of two when possible.
+    def _decode_large(self, slots: np.ndarray, k: int, lens: list) -> list:
+        """Decode large claimed messages with one copy each instead of two when possible.
 
         A message whose shape decodes without ndarray views (``codec.decode_detached``)
         is decoded straight from its pool block (its bytes/str values are copied out
@@ -1060,17 +1061,6 @@ class _ChanConsumer(_ChanEndpoint):
                     continue
                 msg = got[0]
             out.append(msg)
-        t2 = _perf_ns()
-        self._pf_start = start + k
-        if self._k_complete(slots, k):
-            futex_wake(self._space_addr)
-        if w:
-            st = self._stats
-            dt = (_perf_ns() - t2) * w
-            st.take_ns += dt
-            st.kernel_ns += dt
-            st.codec_ns += (t2 - t) * w  # decoding, and copying out what could not in place
-        self._note_arrivals(t2, k)
         return out
 
     def _note_arrivals(self, now: int, k: int) -> None:

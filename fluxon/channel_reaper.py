@@ -98,11 +98,16 @@ def unused_channels(pool: Any, grace_s: float = GRACE_S) -> list[tuple[int, int,
 
 
 def find_expired_channels(
-    pool: Any, etcd_session: Any, cluster_name: str, grace_s: float = GRACE_S
+    pool: Any,
+    etcd_session: Any,
+    cluster_name: str,
+    grace_s: float = GRACE_S,
+    candidates: list[tuple[int, int, int]] | None = None,
 ) -> list[tuple[int, int]]:
     """Phase 1 (reads etcd, writes nothing): channels of ``pool`` whose descriptor is gone.
 
-    Safe to run on a side thread (it only reads the pool).
+    Safe to run on a side thread (it only reads the pool). ``candidates``: what
+    :func:`unused_channels` returned just before, if the caller has it.
 
     Returns
     -------
@@ -117,7 +122,8 @@ def find_expired_channels(
         If etcd cannot be read.
     """
     w = pool.w
-    candidates = unused_channels(pool, grace_s)
+    if candidates is None:
+        candidates = unused_channels(pool, grace_s)
     if not candidates:
         return []
     prefix = naming.chan_desc_prefix(cluster_name)

@@ -8,6 +8,7 @@ parentheses, so the fields are split only after the *last* ``')'``.
 from __future__ import annotations
 
 import os
+import select
 import threading
 
 # Fields after the closing ')' start at field 3 (state); field 22 is starttime.
@@ -154,8 +155,6 @@ class ExitWaiter:
         """Sleep up to ``timeout`` seconds (None: no limit); returns the watched
         processes that exited (they are no longer watched), empty after a timeout or a
         :meth:`wake`."""
-        import select
-
         poller = select.poll()
         poller.register(self._r, select.POLLIN)
         by_fd = {fd: key for key, fd in self._fds.items()}

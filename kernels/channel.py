@@ -417,25 +417,19 @@ def prod_put_many(b, w, c, e, tag, src, lens, count):
         n = lens[j]
         if n < 0:
             break
-        s = _take_free_slot(w, cw, tag, w[pw + cl.P_PRODUCE])
-        if s < 0:
-            break
-        sw = _slot_word(w, cw, s)
         if n <= cl.SLOT_INLINE:
-            dst = sw * 8 + cl.S_INLINE_OFF
-        else:
-            start = heap_alloc(w, n, tag)
-            if start < 0:
-                store_release(w, sw + cl.S_STATE, cl.KIND_FREE)
+            s = _take_free_slot(w, cw, tag, w[pw + cl.P_PRODUCE])
+            if s < 0:
                 break
-            # Recorded before the copy: a producer killed from here on leaves a HELD
-            # slot and a block with its own tag, both of which the owner reclaims.
-            w[sw + cl.S_REF] = make_ref(start, n)
-            dst = unit_offset(w, start)
-        copy_bytes(b, dst, src, pos, n)
+            sw = _slot_word(w, cw, s)
+            w[sw + cl.S_PRODUCER] = e
+            w[sw + cl.S_LEN] = n
+        else:
+            s = prod_reserve(b, w, c, e, tag, n)  # a HELD slot and its block, recorded
+            if s < 0:
+                break
+        copy_bytes(b, slot_payload_offset(b, w, c, s), src, pos, n)
         pos += n
-        w[sw + cl.S_PRODUCER] = e
-        w[sw + cl.S_LEN] = n
         wake |= _publish(w, c, cw, e, tag, s)
         done += 1
     return done + (wake << 32)

@@ -79,8 +79,6 @@ LEASE_TTL_S = 10
 STATS_INTERVAL_S = 5.0
 #: Deadline of each etcd call made by the owner.
 ETCD_TIMEOUT_S = 3.0
-#: Passes between two looks for delivered counts left short by a killed consumer.
-HEAL_EVERY_PASSES = 1
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -181,7 +179,6 @@ class OwnerService:
         #: Whether :meth:`start` adopted an existing pool (instead of creating one).
         self.adopted = False
         self._started = False
-        self._passes = 0
         self._done_suspects: dict[tuple[int, int], int] = {}
         # Passes run on the main loop and, when a member exits, on the deaths thread.
         self._step_lock = threading.Lock()
@@ -462,9 +459,7 @@ class OwnerService:
             # their next timeout slice
             wake_all_channels(pool)
         self._destroy_expired_channels()
-        self._passes += 1
-        if self._passes % HEAL_EVERY_PASSES == 0:
-            self._heal_done_counts()
+        self._heal_done_counts()
         for member in reaped:
             self.reaped_total += 1
             name = _field(member, "name", "")
@@ -534,13 +529,11 @@ class OwnerService:
                 if time.monotonic() >= next_reap:
                     # Only channels nobody is attached to can expire: while there are
                     # none, look again at the slower pace of the statistics.
-                    unused = bool(unused_channels(self.pool))
-                    next_reap = time.monotonic() + (
-                        REAP_INTERVAL_S if unused else STATS_INTERVAL_S
-                    )
+                    unused = unused_channels(self.pool)
+                    next_reap = time.monotonic() + (REAP_INTERVAL_S if unused else STATS_INTERVAL_S)
                     if unused:
                         expired = find_expired_channels(
-                            self.pool, self.session, self.cluster_name
+                            self.pool, self.session, self.cluster_name, candidates=unused
                         )
                         if expired:
                             self._expired_channels.put(expired)
