@@ -164,6 +164,20 @@ def _warm_up():
     ch.chan_destroy(b, w, c)
 
 
+class _Flag:
+    """A stop flag that a SIGKILLed process cannot leave locked: ``multiprocessing.Event``
+    takes a lock in ``is_set()``, so killing a victim there deadlocks the next ``set()``."""
+
+    def __init__(self, ctx) -> None:
+        self._value = ctx.RawValue("i", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return self._value.value != 0
+
+
 def _stop(procs):
     for p in procs:
         if p.is_alive():
@@ -448,8 +462,8 @@ def test_sigkilled_members_lose_nothing_and_the_channel_keeps_flowing(tmp_path):
     assert c >= 0
     cw = ch.chan_word(w, c)
     ctx = mp.get_context("spawn")
-    stop_producers = ctx.Event()
-    stop_consumers = ctx.Event()
+    stop_producers = _Flag(ctx)
+    stop_consumers = _Flag(ctx)
     rng = random.Random()
     next_tag = [20]
     incs = []  # (slot kind, victim, inc, tag, killed)
