@@ -73,6 +73,7 @@ class TransportName(Enum):
     """Transport named in error diagnostics."""
 
     GRPC = "grpc"
+    HTTP = "http"
 
 
 class TransportUser(Enum):

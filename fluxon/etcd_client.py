@@ -7,12 +7,17 @@ failures to a message, applied by one wrapper (:meth:`EtcdSession._call`).
 
 Lease keepalive runs on a background thread that logs (never raises) while etcd is down
 and resumes when it comes back; if the lease expired meanwhile it reports the loss to an
-``on_lost`` callback so the holder can register again.
+``on_lost`` callback so the holder can register again. Refreshes go through etcd's JSON
+gateway (``POST /v3/lease/keepalive`` on the client port) over one kept-open HTTP
+connection: a gRPC keepalive stream per refresh costs several times the CPU, and a
+session whose gRPC channel is idle can close it (``idle_close_s``): an open channel keeps
+gRPC's threads waking about 25 times a second, even with nothing to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import threading
 import time
@@ -22,6 +27,7 @@ from typing import Any, TypeVar
 import etcd3
 import etcd3.exceptions as etcd3_exc
 import grpc
+import orjson
 
 from .api_error import EtcdError, TransportName, TransportUser
 from .etcd_server import split_address
@@ -41,6 +47,10 @@ _GRPC_OPTIONS = [
     ("grpc.enable_http_proxy", 0),
 ]
 
+#: Idle time after which the services and clients close their gRPC channel (an open one
+#: keeps gRPC's threads waking about 25 times a second); the next call reopens it.
+IDLE_CLOSE_S = 5.0
+
 #: How often a call refused by every endpoint's back-off looks again.
 _BACKOFF_POLL_S = 0.05
 
@@ -56,6 +66,69 @@ _FAILURE_TEXT: dict[type, str] = {
 
 def _to_bytes(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+class _NoGateway(Exception):
+    """etcd's JSON gateway is not served at this endpoint (refresh over gRPC instead)."""
+
+
+class _Gateway:
+    """Lease refreshes over etcd's JSON gateway, one kept-open connection, failing over
+    between the session's addresses. Thread-safe (one request at a time)."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self._targets = [split_address(a) for a in addresses]
+        self._index = 0
+        self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self, lease_id: int, timeout: float) -> int:
+        """Refresh ``lease_id`` once; its remaining TTL (``0``: the lease is gone)."""
+        body = orjson.dumps({"ID": lease_id})
+        with self._lock:
+            last: Exception | None = None
+            for _ in range(len(self._targets)):
+                conn = self._conn
+                if conn is None:
+                    host, port = self._targets[self._index]
+                    conn = self._conn = http.client.HTTPConnection(host, port, timeout=timeout)
+                conn.timeout = timeout
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout)
+                try:
+                    conn.request("POST", "/v3/lease/keepalive", body)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    # refused, reset or timed out: drop the connection, try the next address
+                    last = exc
+                    conn.close()
+                    self._conn = None
+                    self._index = (self._index + 1) % len(self._targets)
+                    continue
+                return _keepalive_ttl(resp.status, data)
+            raise OSError(f"{type(last).__name__}: {last}") from last
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _keepalive_ttl(status: int, data: bytes) -> int:
+    """The TTL in a gateway keepalive reply (``0`` when absent: the lease is gone)."""
+    if status == 404:
+        raise _NoGateway()
+    try:
+        reply = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"gateway reply {status} is not JSON: {data[:200]!r}") from exc
+    result = reply.get("result") if isinstance(reply, dict) else None
+    if status != 200 or not isinstance(result, dict):
+        error = reply.get("error", reply) if isinstance(reply, dict) else reply
+        raise ValueError(f"gateway reply {status}: {error!r}"[:300])
+    return int(result.get("TTL", 0))
 
 
 def _lease_id(lease: Any) -> int:
@@ -125,6 +198,7 @@ class KeepaliveHandle:
                         _log.exception("on_lost callback of lease %x failed", self.lease_id)
                 return
             self.last_ok = time.monotonic()
+            self.session.close_if_idle()
             if self.failing:
                 _log.info("lease %x keepalive resumed", self.lease_id)
                 self.failing = False
@@ -150,13 +224,27 @@ class EtcdSession:
         ``"host:port"`` client addresses; the session fails over between them.
     timeout : float
         Deadline of every call, in seconds.
+    idle_close_s : float, optional
+        See :func:`connect`.
     """
 
-    def __init__(self, addresses: list[str], timeout: float = 3.0) -> None:
+    def __init__(
+        self, addresses: list[str], timeout: float = 3.0, idle_close_s: float | None = None
+    ) -> None:
         if not addresses:
             raise EtcdError("no etcd address configured")
         self.addresses = [a.strip() for a in addresses]
         self.timeout = float(timeout)
+        self.idle_close_s = idle_close_s
+        self._grpc: etcd3.MultiEndpointEtcd3Client | None = None  # opened on first use
+        self._gateway: _Gateway | None = _Gateway(self.addresses)
+        self._keepalives: list[KeepaliveHandle] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._inflight = 0  # calls running now (the channel is not closed under them)
+        self._last_used = 0.0  # time.monotonic() of the last call's end
+
+    def _open(self) -> etcd3.MultiEndpointEtcd3Client:
         endpoints = []
         for address in self.addresses:
             host, port = split_address(address)
@@ -165,12 +253,57 @@ class EtcdSession:
             endpoints.append(
                 etcd3.Endpoint(host, port, secure=False, time_retry=0.5, opts=_GRPC_OPTIONS)
             )
-        self._client = etcd3.MultiEndpointEtcd3Client(
+        return etcd3.MultiEndpointEtcd3Client(
             endpoints=endpoints, timeout=self.timeout, failover=True
         )
-        self._keepalives: list[KeepaliveHandle] = []
-        self._lock = threading.Lock()
-        self._closed = False
+
+    @property
+    def _client(self) -> etcd3.MultiEndpointEtcd3Client:
+        """The gRPC client, (re)opened if :meth:`close_if_idle` closed it."""
+        client = self._grpc
+        if client is None:
+            with self._lock:
+                if self._closed:
+                    raise EtcdError(f"etcd at {self.address_text}: session is closed")
+                client = self._grpc
+                if client is None:
+                    client = self._grpc = self._open()
+                    self._last_used = time.monotonic()
+        return client
+
+    @property
+    def grpc_open(self) -> bool:
+        """Whether the gRPC channel is open now."""
+        return self._grpc is not None
+
+    @property
+    def via_gateway(self) -> bool:
+        """Whether lease refreshes go through etcd's JSON gateway (else over gRPC)."""
+        return self._gateway is not None
+
+    def close_if_idle(self) -> bool:
+        """Close the gRPC channel if no call ran for ``idle_close_s`` seconds (the next
+        call opens it again). Keepalive threads call this after each refresh.
+
+        Returns
+        -------
+        bool
+            Whether the channel was closed now.
+        """
+        if self.idle_close_s is None:
+            return False
+        with self._lock:
+            client = self._grpc
+            if (
+                client is None
+                or self._inflight
+                or time.monotonic() - self._last_used < self.idle_close_s
+            ):
+                return False
+            self._grpc = None
+        with contextlib.suppress(Exception):  # closing a broken channel may raise
+            client.close()
+        return True
 
     # ------------------------------------------------------------- plumbing
     @property
@@ -190,6 +323,16 @@ class EtcdSession:
         """
         if self._closed:
             raise EtcdError(f"etcd {operation} at {self.address_text}: session is closed")
+        with self._lock:
+            self._inflight += 1
+        try:
+            return self._attempt(operation, fn)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                self._last_used = time.monotonic()
+
+    def _attempt(self, operation: str, fn: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.timeout
         attempts = len(self.addresses)
         last: BaseException | None = None
@@ -236,7 +379,7 @@ class EtcdSession:
     # ------------------------------------------------------------- probes
     def status(self) -> dict:
         """Server status (version, leader, db size) of the endpoint in use."""
-        st = self._call("status", self._client.status)
+        st = self._call("status", lambda: self._client.status())
         return {"version": st.version, "db_size": st.db_size, "raft_index": st.raft_index}
 
     # ------------------------------------------------------------- key/value
@@ -427,14 +570,36 @@ class EtcdSession:
         return self._call(f"grant_lease ttl={ttl}", lambda: self._client.lease(int(ttl)))
 
     def refresh_lease(self, lease: Any, timeout: float | None = None) -> int:
-        """Refresh ``lease`` once; returns the remaining TTL (``0``: the lease is gone)."""
+        """Refresh ``lease`` once; returns the remaining TTL (``0``: the lease is gone).
+
+        Through etcd's JSON gateway when the endpoint serves it (no gRPC channel
+        needed), else over a gRPC keepalive stream.
+        """
         lease_id = _lease_id(lease)
+        timeout = self.timeout if timeout is None else timeout
+        gateway = self._gateway
+        if gateway is not None:
+            if self._closed:
+                raise EtcdError(f"etcd refresh_lease at {self.address_text}: session is closed")
+            try:
+                return gateway.refresh(lease_id, timeout)
+            except _NoGateway:
+                self._gateway = None
+                gateway.close()
+            except (OSError, ValueError) as exc:
+                raise EtcdError(
+                    f"etcd refresh_lease {lease_id:x} failed at {self.address_text}: {exc} "
+                    f"(timeout {timeout:g} s)",
+                    transport=TransportName.HTTP,
+                    transport_user=TransportUser.ETCD,
+                    component="etcd",
+                ) from exc
 
         def run() -> int:
             request = etcd3.etcdrpc.LeaseKeepAliveRequest(ID=lease_id)
             stream = self._client.leasestub.LeaseKeepAlive(
                 iter([request]),
-                timeout if timeout is not None else self.timeout,
+                timeout,
                 credentials=self._client.call_credentials,
                 metadata=self._client.metadata,
             )
@@ -513,9 +678,14 @@ class EtcdSession:
             keepalives, self._keepalives = self._keepalives, []
         for handle in keepalives:
             handle.stop()
-        self._closed = True
-        with contextlib.suppress(Exception):  # closing a broken channel may raise; nothing to do
-            self._client.close()
+        with self._lock:
+            self._closed = True
+            client, self._grpc = self._grpc, None
+        if self._gateway is not None:
+            self._gateway.close()
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a broken channel may raise
+                client.close()
 
     @property
     def closed(self) -> bool:
@@ -529,7 +699,12 @@ class EtcdSession:
         self.close()
 
 
-def connect(addresses: list[str] | str, timeout: float = 3.0, probe: bool = True) -> EtcdSession:
+def connect(
+    addresses: list[str] | str,
+    timeout: float = 3.0,
+    probe: bool = True,
+    idle_close_s: float | None = None,
+) -> EtcdSession:
     """Open an :class:`EtcdSession`.
 
     Parameters
@@ -540,6 +715,9 @@ def connect(addresses: list[str] | str, timeout: float = 3.0, probe: bool = True
         Deadline of every call, in seconds.
     probe : bool
         Check that etcd answers now (one ``status`` call), so an unreachable etcd fails here.
+    idle_close_s : float, optional
+        Let keepalive threads close the gRPC channel after this many seconds without a
+        call (for long-lived processes that seldom call etcd); ``None``: keep it open.
 
     Returns
     -------
@@ -552,7 +730,7 @@ def connect(addresses: list[str] | str, timeout: float = 3.0, probe: bool = True
     """
     if isinstance(addresses, str):
         addresses = [a for a in addresses.split(",") if a.strip()]
-    session = EtcdSession(list(addresses), timeout=timeout)
+    session = EtcdSession(list(addresses), timeout=timeout, idle_close_s=idle_close_s)
     if probe:
         try:
             session.status()

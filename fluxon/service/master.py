@@ -425,11 +425,13 @@ class MasterService:
         OSError
             If the HTTP address cannot be bound.
         """
-        from ..etcd_client import connect
+        from ..etcd_client import IDLE_CLOSE_S, connect
 
         try:
             os.makedirs(self.log_dir, exist_ok=True)
-            self.session = connect(self.etcd_endpoints, timeout=ETCD_TIMEOUT_S)
+            self.session = connect(
+                self.etcd_endpoints, timeout=ETCD_TIMEOUT_S, idle_close_s=IDLE_CLOSE_S
+            )
             host, port = _parse_host_port(
                 "master_ui.http_listen_addr", self.config["master_ui"]["http_listen_addr"], True
             )

@@ -165,6 +165,7 @@ class OwnerService:
         self.session = None
         self.lease = None
         self._keepalive = None
+        self._published: dict | None = None  # owner record last written to etcd (no time)
         self._lock_fd: int | None = None
         self._created_dirs: list[str] = []
         self._lease_lost = threading.Event()
@@ -199,9 +200,11 @@ class OwnerService:
         """
         try:
             self._lock_pool_dir()
-            from ..etcd_client import connect
+            from ..etcd_client import IDLE_CLOSE_S, connect
 
-            self.session = connect(self.etcd_addresses, timeout=ETCD_TIMEOUT_S)
+            self.session = connect(
+                self.etcd_addresses, timeout=ETCD_TIMEOUT_S, idle_close_s=IDLE_CLOSE_S
+            )
             self.pool = self._open_pool()
             self._register_etcd()
             self._write_shared_json()
@@ -384,11 +387,11 @@ class OwnerService:
         session = self.session
         lease = session.grant_lease(LEASE_TTL_S)
         self.lease = lease
+        record = self._owner_record()
         self._claim_key(
-            naming.owner_key(self.cluster_name, self.instance_key),
-            orjson.dumps(self._owner_record()),
-            lease,
+            naming.owner_key(self.cluster_name, self.instance_key), orjson.dumps(record), lease
         )
+        self._published = _statistics(record)
         self._claim_key(
             naming.member_key(self.cluster_name, self.instance_key),
             orjson.dumps(self._member_record()),
@@ -545,12 +548,16 @@ class OwnerService:
                     _log.info("owner registered again in etcd")
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + STATS_INTERVAL_S
-                    if not self._lease_lost.is_set():
+                    record = self._owner_record()
+                    # Unchanged statistics are not written again: an idle owner makes no
+                    # etcd call, so its gRPC channel can close (see IDLE_CLOSE_S).
+                    if not self._lease_lost.is_set() and _statistics(record) != self._published:
                         self.session.put(
                             naming.owner_key(self.cluster_name, self.instance_key),
-                            orjson.dumps(self._owner_record()),
+                            orjson.dumps(record),
                             lease=self.lease,
                         )
+                        self._published = _statistics(record)
             except EtcdError as exc:
                 _log.warning("etcd bookkeeping deferred: %s", exc)
             except ApiError as exc:
@@ -638,6 +645,11 @@ class OwnerService:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def _statistics(record: dict) -> dict:
+    """The owner record without its publication time (what a re-publication compares)."""
+    return {k: v for k, v in record.items() if k != "published_at"}
 
 
 def run_owner_blocking(

@@ -187,3 +187,78 @@ def test_keepalive_survives_an_outage(private_etcd):
     assert not handle.running
     with pytest.raises(EtcdError):
         s.get("/outage/k")  # a closed session refuses calls
+
+
+def test_idle_session_closes_its_grpc_channel_and_reopens_it(session, prefix):
+    s = connect(session.addresses, timeout=3.0, idle_close_s=0.3)
+    try:
+        s.put(prefix + "k", "v")
+        lease = s.grant_lease(5)
+        assert s.grpc_open
+        handle = s.keepalive(lease, 0.2)
+        deadline = time.monotonic() + 20
+        while s.grpc_open and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not s.grpc_open  # closed by the keepalive thread after 0.3 s without a call
+        last_ok = handle.last_ok
+        time.sleep(0.5)
+        assert handle.last_ok > last_ok and not handle.failing  # refreshes need no channel
+        assert s.get(prefix + "k") == b"v"  # the next call opens it again
+        assert s.grpc_open
+        assert session.lease_ttl(lease) > 0
+    finally:
+        s.close()
+    assert not s.grpc_open
+    with pytest.raises(EtcdError):
+        s.refresh_lease(lease)  # a closed session refuses refreshes too
+
+
+def test_session_without_idle_close_keeps_its_channel(session, prefix):
+    lease = session.grant_lease(5)
+    handle = session.keepalive(lease, 0.1)
+    time.sleep(0.6)
+    assert session.grpc_open and handle.last_ok > 0
+    handle.stop()
+
+
+def test_refresh_falls_back_to_grpc_where_no_gateway_is_served(session):
+    """An endpoint answering 404 on the gateway path: refreshes go over gRPC from then on."""
+    import http.server
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    s = connect(session.addresses, timeout=3.0)
+    try:
+        s._gateway._targets = [httpd.server_address]  # the gateway "lives" elsewhere
+        lease = s.grant_lease(5)
+        assert s.via_gateway
+        assert s.refresh_lease(lease) > 0  # answered over gRPC
+        assert not s.via_gateway
+        assert s.refresh_lease(lease) > 0
+        s.revoke(lease)
+        assert s.refresh_lease(lease) == 0
+    finally:
+        s.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_gateway_refresh_reports_an_unreachable_etcd(session):
+    s = connect(session.addresses, timeout=3.0)
+    try:
+        lease = s.grant_lease(5)
+        s._gateway._targets = [("127.0.0.1", free_port())]  # nothing listens there
+        with pytest.raises(EtcdError, match="refresh_lease"):
+            s.refresh_lease(lease, timeout=1.0)
+    finally:
+        s.close()
