@@ -15,9 +15,9 @@
 A channel lives in the local owner's pool (:mod:`fluxon_kernels.channel`); its name,
 config and members live in etcd (:mod:`fluxon.channel_registry`). ``put_data`` and
 ``get_data`` touch only shared memory: encode + one kernel call to publish; one kernel
-call to claim a batch, one to copy it out and complete it, then decode. Blocked calls
-spin for a few tens of microseconds, then sleep on the channel's futex words
-(:mod:`fluxon.futex`), so an idle consumer costs no CPU.
+call to claim a batch, one to copy it out, the decode, one to complete it. Blocked calls
+spin for a few tens of microseconds (yielding the CPU between tries), then sleep on the
+channel's futex words (:mod:`fluxon.futex`), so an idle consumer costs no CPU.
 
 Delivery: a message whose ``put_data`` returned ``Ok(True)`` is delivered exactly once
 while processes exit normally; messages a consumer had claimed (prefetched, or in the
@@ -39,6 +39,7 @@ switches its statistics off.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -112,6 +113,7 @@ _OK_TRUE = Result.new_ok(True)
 _OK_FALSE = Result.new_ok(False)
 _OK_NONE = Result.new_ok(OK_NONE)
 _perf_ns = time.perf_counter_ns
+_yield = os.sched_yield
 _prepare = codec.prepare
 _write = codec.write
 _encode_fast = codec.encode_fast
@@ -395,7 +397,8 @@ class _ChanEndpoint:
     ) -> Any:
         """Retry ``attempt`` until it returns something other than ``None``.
 
-        The waiting strategy of both handles: spin (retry) for ``spin_s`` seconds, then
+        The waiting strategy of both handles: spin (retry, yielding the CPU between
+        tries) for ``spin_s`` seconds, then
         register as a waiter (``wait_begin``), re-check, and sleep on the channel's futex
         word (``DATA_SEQ`` for consumers, ``SPACE_SEQ`` for producers) in slices of at
         most :data:`WAIT_SLICE_S`. Returns ``None`` once ``deadline`` (perf_counter ns)
@@ -416,6 +419,9 @@ class _ChanEndpoint:
             if got is not None:
                 self._wait_end_ns = now
                 return got
+            # Spinning yields the CPU to whatever else is runnable on it (a producer, when
+            # there are more processes than cores); alone on its CPU it returns at once.
+            _yield()
             now = _perf_ns()
             if deadline is not None and now >= deadline:
                 self._wait_end_ns = now
