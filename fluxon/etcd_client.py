@@ -158,6 +158,7 @@ class KeepaliveHandle:
         #: Whether the latest refresh failed (etcd unreachable).
         self.failing = False
         self._stop = threading.Event()
+        self._wake = threading.Event()  # stop, or the session's gRPC channel opened
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> KeepaliveHandle:
@@ -166,7 +167,22 @@ class KeepaliveHandle:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        next_refresh = time.monotonic() + self.interval
+        while True:
+            # Sleep until the refresh is due, or until the session's gRPC channel has
+            # been idle long enough to close (see EtcdSession.close_if_idle).
+            wake = next_refresh
+            due = self.session.idle_close_due()
+            if due is not None and due < wake:
+                wake = due
+            self._wake.wait(max(0.05, wake - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if time.monotonic() < next_refresh:
+                self.session.close_if_idle()
+                continue
+            next_refresh = time.monotonic() + self.interval
             try:
                 # A refresh may take a while on a loaded machine; timing out marks the
                 # session's endpoint failed for a moment, so do not give up too early.
@@ -198,14 +214,18 @@ class KeepaliveHandle:
                         _log.exception("on_lost callback of lease %x failed", self.lease_id)
                 return
             self.last_ok = time.monotonic()
-            self.session.close_if_idle()
             if self.failing:
                 _log.info("lease %x keepalive resumed", self.lease_id)
                 self.failing = False
 
+    def nudge(self) -> None:
+        """Make the thread look again when to wake (the session's channel opened)."""
+        self._wake.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop refreshing (idempotent); waits for the thread up to ``timeout`` seconds."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -269,6 +289,8 @@ class EtcdSession:
                 if client is None:
                     client = self._grpc = self._open()
                     self._last_used = time.monotonic()
+                    for handle in self._keepalives:
+                        handle.nudge()  # they close it again once idle
         return client
 
     @property
@@ -281,9 +303,20 @@ class EtcdSession:
         """Whether lease refreshes go through etcd's JSON gateway (else over gRPC)."""
         return self._gateway is not None
 
+    def idle_close_due(self) -> float | None:
+        """When (``time.monotonic()``) the open gRPC channel may close for idleness;
+        ``None`` if it is closed or never closes (no ``idle_close_s``)."""
+        with self._lock:
+            if self.idle_close_s is None or self._grpc is None:
+                return None
+            if self._inflight:  # look again later
+                return time.monotonic() + self.idle_close_s
+            return self._last_used + self.idle_close_s
+
     def close_if_idle(self) -> bool:
         """Close the gRPC channel if no call ran for ``idle_close_s`` seconds (the next
-        call opens it again). Keepalive threads call this after each refresh.
+        call opens it again). Keepalive threads call this when it is due
+        (:meth:`idle_close_due`).
 
         Returns
         -------
@@ -717,7 +750,8 @@ def connect(
         Check that etcd answers now (one ``status`` call), so an unreachable etcd fails here.
     idle_close_s : float, optional
         Let keepalive threads close the gRPC channel after this many seconds without a
-        call (for long-lived processes that seldom call etcd); ``None``: keep it open.
+        call (for long-lived processes that seldom call etcd; a session without a
+        keepalive never closes it); ``None``: keep it open.
 
     Returns
     -------

@@ -213,6 +213,26 @@ def test_idle_session_closes_its_grpc_channel_and_reopens_it(session, prefix):
         s.refresh_lease(lease)  # a closed session refuses refreshes too
 
 
+def test_idle_channel_closes_on_time_between_refreshes(session):
+    s = connect(session.addresses, timeout=3.0, idle_close_s=0.3)
+    try:
+        lease = s.grant_lease(60)
+        handle = s.keepalive(lease, 20.0)  # no refresh during the test
+        t0 = time.monotonic()
+        while s.grpc_open and time.monotonic() < t0 + 10:
+            time.sleep(0.02)
+        assert not s.grpc_open
+        assert time.monotonic() - t0 < 3.0  # about idle_close_s after the last call
+        assert handle.last_ok == 0.0 and handle.running
+        s.lease_ttl(lease)  # reopens; and closes again
+        t1 = time.monotonic()
+        while s.grpc_open and time.monotonic() < t1 + 10:
+            time.sleep(0.02)
+        assert not s.grpc_open and time.monotonic() - t1 < 3.0
+    finally:
+        s.close()
+
+
 def test_session_without_idle_close_keeps_its_channel(session, prefix):
     lease = session.grant_lease(5)
     handle = session.keepalive(lease, 0.1)
