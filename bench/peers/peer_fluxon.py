@@ -73,17 +73,15 @@ class FluxonPeer(Peer):
             f"service plane: etcd + master + owner, pool {self.ctx.pool_dram} in /dev/shm"
         )
 
-    def service_pids(self) -> list[int]:
+    def service_names(self) -> dict[int, str]:
         p = self.plane
         if p is None:
-            return []
-        out = []
-        if p.etcd_server is not None and p.etcd_server.pid:
-            out.append(p.etcd_server.pid)
-        for proc in (p.master_proc, p.owner_proc):
-            if proc is not None:
-                out.append(proc.pid)
-        return out
+            return {}
+        procs = {"etcd": p.etcd_server, "master": p.master_proc, "owner": p.owner_proc}
+        return {proc.pid: name for name, proc in procs.items() if proc is not None and proc.pid}
+
+    def service_pids(self) -> list[int]:
+        return list(self.service_names())
 
     def worker_config(self, n_prod: int, n_cons: int) -> dict:
         return {

@@ -209,6 +209,14 @@ class ReferencePeer(Peer):
                 break
         return buf.decode(errors="replace").strip()
 
+    def service_names(self) -> dict[int, str]:
+        out = {}
+        if self.etcd is not None and self.etcd.pid:
+            out[self.etcd.pid] = "etcd"
+        if self.plane is not None:
+            out[self.plane.pid] = "master + owner (and their starter)"
+        return out
+
     def service_pids(self) -> list[int]:
         out = []
         if self.etcd is not None and self.etcd.pid:

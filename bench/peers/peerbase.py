@@ -90,6 +90,10 @@ class Peer:
         """Root pids of the always-on processes (their children count too)."""
         return []
 
+    def service_names(self) -> dict[int, str]:
+        """Labels of :meth:`service_pids` for the idle breakdown (default: process names)."""
+        return {}
+
     def stop(self) -> None:
         """Stop the service processes and remove everything the peer created."""
 

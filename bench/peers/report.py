@@ -320,11 +320,22 @@ def render(results: dict) -> str:
         ii = idle.get(key, {})
         svc = ii.get("services_only")
         svc_txt = f"{_pct(svc['cores'])} ({svc['processes']} processes)" if svc else "none"
+        if svc and svc.get("per_process"):
+            parts = ", ".join(f"{name} {v * 100:.2f}%" for name, v in svc["per_process"].items())
+            svc_txt += f": {parts}"
         att = ii.get("attached")
         att_txt = f"{_pct(att['clients_cores'])} ({att['clients']} clients)" if att else "–"
         topo = "partitioned (pairs)" if info.get("partitioned") else "competing consumers"
         out.append(f"| {info['label']} | {info['batching']} | {topo} | {svc_txt} | {att_txt} |")
     out.append("")
+    st = results.get("settings", {})
+    if "idle_duration_s" in st:
+        out.append(
+            f"Idle windows: {st['idle_duration_s']:g} s, after {st.get('idle_settle_s', 0):g} s "
+            "without traffic (the clients' window: attached after the warm-up of the first "
+            "topology)."
+        )
+        out.append("")
     notes = [(peers[k]["label"], n) for k in _order(results) for n in peers[k].get("notes", [])]
     if notes:
         out.append("How each peer is driven (settings and caveats of this run):")

@@ -5,8 +5,8 @@ For every peer, topology (``1->1``, ``2->2``, ``4->4``) and payload size (64 B, 
 producer and consumer, and runs, with all workers starting at the same instant:
 
 1. a warm-up (binds, first puts, page faults; not timed);
-2. once per peer, an idle window (everything attached, nothing sent: CPU of the service
-   processes and of the idle clients);
+2. once per peer, an idle window after ``--idle-settle`` seconds of quiet (everything
+   attached, nothing sent: CPU of the service processes, each, and of the idle clients);
 3. a max-throughput run: producers send as fast as they can for ``--duration`` seconds
    into a queue bounded to the same capacity for every peer; consumers drain it;
    msgs/s = messages received / (last receive - start);
@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from . import harness as hz
 from .peerbase import Peer, SkipPeer
-from .sysstat import LoadWindow, descendants, sample_machine
+from .sysstat import LoadWindow, descendants, process_name, sample_machine
 
 SIZES = {"64B": 64, "4KiB": 4096, "1MiB": 1 << 20}
 TOPOLOGIES = {"1-1": (1, 1), "2-2": (2, 2), "4-4": (4, 4)}
@@ -117,6 +117,7 @@ class Settings:
     quick: bool
     command: str
     wait_quiet: float = 0.0
+    idle_settle: float = 0.0
     render: str | None = None
     keep_tmp: bool = False
     extra: dict = field(default_factory=dict)
@@ -437,6 +438,7 @@ class Runner:
                 "duration_s": settings.duration,
                 "latency_duration_s": settings.latency_duration,
                 "idle_duration_s": settings.idle_duration,
+                "idle_settle_s": settings.idle_settle,
                 "latency_rates": {
                     k: int(LATENCY_RATES[SIZES[k]] * settings.latency_scale) for k in settings.sizes
                 },
@@ -523,17 +525,31 @@ class Runner:
             except Exception as exc:  # noqa: BLE001 - report, keep going
                 self.log(f"  stopping {key} failed: {exc}")
 
+    def _settle(self) -> None:
+        """Before an idle window: let the last activity's after-effects end (every peer
+        alike: timers armed by a bind, connections closed after a while)."""
+        if self.s.idle_settle > 0:
+            time.sleep(self.s.idle_settle)
+
     def _idle_services(self, peer: Peer) -> dict:
         pids = peer.service_pids()
-        w = LoadWindow(os.getpid(), {"services": pids})
+        names = peer.service_names()
+        groups: dict[str, list[int]] = {"services": pids}
+        groups.update({f"pid{pid}": [pid] for pid in pids})
+        self._settle()
+        w = LoadWindow(os.getpid(), groups)
         w.start()
         time.sleep(max(0.5, self.s.idle_duration))
         load = w.stop()
-        cores = load["services_cpu_s"] / load["elapsed_s"]
+        el = load["elapsed_s"]
+        cores = load["services_cpu_s"] / el
+        per = {names.get(pid) or process_name(pid): load[f"pid{pid}_cpu_s"] / el for pid in pids}
         n = len(descendants(pids))
-        self.log(f"  always-on processes idle: {cores * 100:.1f}% of a core ({n} processes)")
+        detail = ", ".join(f"{k} {v * 100:.2f}%" for k, v in per.items())
+        self.log(f"  always-on processes idle: {cores * 100:.1f}% of a core ({n} processes: "
+                 f"{detail})")  # fmt: skip
         return {"cores": cores, "processes": n, "other_cores": load["other_cores"],
-                "window_s": load["elapsed_s"]}  # fmt: skip
+                "window_s": el, "per_process": per}  # fmt: skip
 
     def run_topology(
         self, peer: Peer, tkey: str, n_prod: int, n_cons: int, idle_done: bool
@@ -615,6 +631,7 @@ class Runner:
             self.results["waited_for_quiet_s"] = self.results.get("waited_for_quiet_s", 0.0) + 0.3
 
     def _idle_clients(self, topo: TopologyRun, size_idx: int, tkey: str) -> dict:
+        self._settle()
         ph = topo.phase(hz.KIND_IDLE, size_idx, max(0.2, self.s.idle_duration))
         load = ph["load"]
         el = load["elapsed_s"]
@@ -712,6 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of each idle-CPU window (default 5, --quick 2)",
     )
     p.add_argument(
+        "--idle-settle",
+        type=float,
+        default=None,
+        help="seconds of quiet before each idle-CPU window (default 8, --quick 2)",
+    )
+    p.add_argument(
         "--latency-rate-scale",
         type=float,
         default=1.0,
@@ -788,6 +811,7 @@ def settings_from_args(argv: list[str] | None) -> Settings:
         duration=a.duration if a.duration is not None else dflt,
         latency_duration=a.latency_duration if a.latency_duration is not None else dflt,
         idle_duration=a.idle if a.idle is not None else (2.0 if a.quick else 5.0),
+        idle_settle=a.idle_settle if a.idle_settle is not None else (2.0 if a.quick else 8.0),
         latency_scale=a.latency_rate_scale,
         warm_n=a.warm_n,
         results_dir=a.results_dir,

@@ -73,6 +73,15 @@ def _parent_map() -> dict[int, int]:
     return out
 
 
+def process_name(pid: int) -> str:
+    """The process's short name (``/proc/<pid>/comm``), or ``pid N`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return f"pid {pid}"
+
+
 def descendants(roots: list[int] | set[int], include_roots: bool = True) -> set[int]:
     """Every live process below ``roots`` (and the roots themselves)."""
     parents = _parent_map()
