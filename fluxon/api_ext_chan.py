@@ -98,6 +98,8 @@ SPIN_NS = int(SPIN_S * 1e9)
 SPIN_MAX_NS = 200_000
 #: Gaps above this count as this in the consumer's mean gap (it recovers fast after idling).
 GAP_CLAMP_NS = 1_000_000
+#: A consumer that received nothing for this long sleeps without spinning first.
+QUIET_NS = 10_000_000
 #: Messages at least this large are decoded straight from the pool when their shape
 #: allows it (no ndarray views): one copy of the payload instead of two.
 DIRECT_DECODE_BYTES = 64 << 10
@@ -1196,9 +1198,12 @@ class _ChanConsumer(_ChanEndpoint):
         st = self._stats
         sleeps = st.sleeps
         # Spin about two mean gaps when messages come often enough for that to pay
-        # (a futex wake-up costs tens of microseconds); else only briefly.
+        # (a futex wake-up costs tens of microseconds); else only briefly, and not at
+        # all when nothing came lately (a poll with a short try_time on a quiet channel).
         gap = self._gap_ns
-        if gap > SPIN_MAX_NS:
+        if t0 - self._last_arrival_ns > QUIET_NS:
+            spin_ns = 0
+        elif gap > SPIN_MAX_NS:
             spin_ns = SPIN_NS
         else:
             spin_ns = min(SPIN_MAX_NS, max(SPIN_NS, 2 * gap))
