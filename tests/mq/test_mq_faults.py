@@ -14,7 +14,7 @@ from fluxon import naming
 from fluxon.api_error import MessageConsumptionNoNewMessageError
 from fluxon.api_ext_chan import ChanRole, ChanType, new_or_bind_with_unique_key
 from fluxon.channel_reaper import reap_expired_channels
-from fluxon.etcd_client import connect
+from fluxon.etcd_client import IDLE_CLOSE_S, connect
 from fluxon.kvclient import new_store
 from fluxon_kernels import channel as kchan
 
@@ -146,7 +146,7 @@ def test_idle_blocked_consumer_uses_no_cpu(cluster, zygote, key, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(0.3)  # now inside get_data(try_time=None)
-    # Ten seconds: idle CPU here is a few wake-ups a second (gRPC's threads, a lease
+    # Ten seconds: idle CPU here is a few wake-ups a second (the owner watchdog, a lease
     # refresh every 10 s), each of which this VM charges very differently over a day; a
     # short window measures the luck of where one lands, not a spinning thread.
     c0, t0 = _run_seconds(pid), time.monotonic()
@@ -156,6 +156,23 @@ def test_idle_blocked_consumer_uses_no_cpu(cluster, zygote, key, tmp_path):
     zygote.wait(pid, 10.0)
     # The issue's bound: under 1 % of a core, all threads together.
     assert (c1 - c0) / (t1 - t0) < 0.01, f"{(c1 - c0) / (t1 - t0):.2%} of a core"
+
+
+def test_an_idle_store_closes_its_grpc_channel_and_binds_again(store, key):
+    """No etcd call for IDLE_CLOSE_S: the store's gRPC channel (and its threads) go away;
+    the next bind opens it again."""
+    producer = _bind(store, key, ChanRole.PRODUCER, capacity=8)
+    session = store._etcd
+    deadline = time.monotonic() + IDLE_CLOSE_S + 10
+    while session.grpc_open:
+        assert time.monotonic() < deadline, "the gRPC channel stayed open"
+        time.sleep(0.1)
+    consumer = _bind(store, key, ChanRole.CONSUMER)
+    assert session.grpc_open
+    producer.put_data(make_message(1, 0)).unwrap()
+    assert len(consumer.get_data(try_time=5).unwrap()) == 1
+    producer.close()
+    consumer.close()
 
 
 def test_retention_reclaims_channel_mapping_and_memory(fresh_cluster, key):

@@ -194,3 +194,37 @@ def test_owner_reaps_a_killed_member(cluster_factory, session):
             victim.wait()
     assert c.owner_proc.poll() is None
     assert is_process_alive(c.owner_proc.pid)
+
+
+def _grpc_threads(pid: int) -> list[str]:
+    """Names of the gRPC core threads of process ``pid`` (event engine, timer manager)."""
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if name.startswith(("event_engine", "grpc_global_tim")):
+            names.append(name)
+    return names
+
+
+def test_idle_owner_and_master_close_their_grpc_channels(cluster_factory):
+    """With nothing to tell etcd, the owner and the master close their gRPC channels, and
+    gRPC's threads (which wake about 25 times a second) end; leases stay alive."""
+    c = cluster_factory()
+    with connect(c.etcd_addresses) as etcd:
+        etcd.get("/any")
+        assert _grpc_threads(os.getpid())  # the thread names are right: the wait can fail
+    pids = {"owner": c.owner_proc.pid, "master": c.master_proc.pid}
+    deadline = time.monotonic() + 40
+    while any(_grpc_threads(pid) for pid in pids.values()):
+        assert time.monotonic() < deadline, {k: _grpc_threads(p) for k, p in pids.items()}
+        time.sleep(0.2)
+    with connect(c.etcd_addresses) as etcd:
+        # their records (leased) are still there after more than one lease TTL
+        time.sleep(12)
+        assert etcd.get(naming.owner_key(c.cluster_name, c.owner_instance_key)) is not None
+        assert etcd.get(naming.master_key(c.cluster_name)) is not None
+    assert all(is_process_alive(pid) for pid in pids.values())
