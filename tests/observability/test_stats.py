@@ -373,6 +373,8 @@ def test_new_handle_stats_honours_the_switch(pool_with_channel, monkeypatch):
     monkeypatch.setenv(stats.STATS_ENV, "1")
     rec, block = stats.new_handle_stats(pool, c, "producer", e, 42, 501, "k", None)
     assert type(rec) is stats.ProducerStats and block is not None
+    # published at once (empty): the handle is visible before its first flush
+    assert stats.read_stats_block(pool.w, c, "producer", e)["updated_ns"] > 0
     rec.record_put(10, True, 0)
     rec.close()
     assert stats.read_stats_block(pool.w, c, "producer", e)["calls"] == 1
