@@ -5,8 +5,8 @@ A fresh service plane (1 GB pool) and one consumer process blocked in
 process used over a window, two ways:
 
 * **threads**: the run time of its live threads from ``/proc/<pid>/task/*/schedstat``
-  (nanoseconds; misses threads that start and end inside the window, such as the one
-  gRPC starts for each lease refresh);
+  (nanoseconds; misses threads that start and end inside the window, such as those
+  of a gRPC channel opened and closed again);
 * **process**: ``utime + stime`` of ``/proc/<pid>/stat`` (clock ticks of 10 ms, all
   threads, also those that ended; needs a long window to resolve fractions of a percent).
 

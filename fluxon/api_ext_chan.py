@@ -400,12 +400,12 @@ class _ChanEndpoint:
         """Retry ``attempt`` until it returns something other than ``None``.
 
         The waiting strategy of both handles: spin (retry, yielding the CPU between
-        tries) for ``spin_s`` seconds, then
-        register as a waiter (``wait_begin``), re-check, and sleep on the channel's futex
-        word (``DATA_SEQ`` for consumers, ``SPACE_SEQ`` for producers) in slices of at
-        most :data:`WAIT_SLICE_S`. Returns ``None`` once ``deadline`` (perf_counter ns)
-        passed. ``_wait_end_ns`` is then the clock read just before the last attempt
-        (where the waiting ended, without the work of the attempt that succeeded).
+        tries) for ``spin_s`` seconds, then register as a waiter (``wait_begin``),
+        re-check, and sleep on the channel's futex word (``DATA_SEQ`` for consumers,
+        ``SPACE_SEQ`` for producers) in slices of at most :data:`WAIT_SLICE_S`. Returns
+        ``None`` once ``deadline`` (perf_counter ns) passed. ``_wait_end_ns`` is then the
+        clock read just before the last attempt (where the waiting ended, without the
+        work of the attempt that succeeded).
         """
         now = _perf_ns()
         if deadline is not None and now >= deadline:

@@ -534,16 +534,15 @@ class Runner:
     def _idle_services(self, peer: Peer) -> dict:
         pids = peer.service_pids()
         names = peer.service_names()
-        groups: dict[str, list[int]] = {"services": pids}
-        groups.update({f"pid{pid}": [pid] for pid in pids})
         self._settle()
-        w = LoadWindow(os.getpid(), groups)
+        w = LoadWindow(os.getpid(), {f"pid{pid}": [pid] for pid in pids})
         w.start()
         time.sleep(max(0.5, self.s.idle_duration))
         load = w.stop()
         el = load["elapsed_s"]
-        cores = load["services_cpu_s"] / el
-        per = {names.get(pid) or process_name(pid): load[f"pid{pid}_cpu_s"] / el for pid in pids}
+        cpu = {pid: load[f"pid{pid}_cpu_s"] / el for pid in pids}
+        cores = sum(cpu.values())
+        per = {names.get(pid) or f"{process_name(pid)} ({pid})": v for pid, v in cpu.items()}
         n = len(descendants(pids))
         detail = ", ".join(f"{k} {v * 100:.2f}%" for k, v in per.items())
         self.log(f"  always-on processes idle: {cores * 100:.1f}% of a core ({n} processes: "

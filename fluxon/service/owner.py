@@ -549,15 +549,16 @@ class OwnerService:
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + STATS_INTERVAL_S
                     record = self._owner_record()
+                    published = _statistics(record)
                     # Unchanged statistics are not written again: an idle owner makes no
                     # etcd call, so its gRPC channel can close (see IDLE_CLOSE_S).
-                    if not self._lease_lost.is_set() and _statistics(record) != self._published:
+                    if not self._lease_lost.is_set() and published != self._published:
                         self.session.put(
                             naming.owner_key(self.cluster_name, self.instance_key),
                             orjson.dumps(record),
                             lease=self.lease,
                         )
-                        self._published = _statistics(record)
+                        self._published = published
             except EtcdError as exc:
                 _log.warning("etcd bookkeeping deferred: %s", exc)
             except ApiError as exc:
