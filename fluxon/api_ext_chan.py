@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from fluxon_kernels import channel as kchan
+from fluxon_kernels import codec as kcodec
 from fluxon_kernels import status
 from fluxon_kernels.layout import channel as cl
 
@@ -107,6 +108,9 @@ DIRECT_DECODE_BYTES = 64 << 10
 #: the pool by the publishing kernel (one kernel call, one encode); larger ones are
 #: encoded straight into their reserved pool block (no second copy).
 STAGE_BYTES = 16 << 10
+#: Batches of at least this many messages of one shape have their constant bytes
+#: compared by one kernel call (``match_const_words``) instead of by each decode.
+TRUSTED_BATCH = 4
 #: Longest single futex sleep; a blocked call re-checks the owner this often (a safety
 #: net: close and the store's owner watchdog wake it at once; deadlines are exact).
 WAIT_SLICE_S = 5.0
@@ -120,6 +124,8 @@ _prepare = codec.prepare
 _write = codec.write
 _encode_fast = codec.encode_fast
 _decode_many = codec.decode_many
+_decode_trusted = codec.decode_trusted
+_last_decoder = codec.last_decoder
 _decode_detached = codec.decode_detached
 _SLOT_INLINE = cl.SLOT_INLINE
 _INLINE_STRIDE = cl.INLINE_STRIDE
@@ -717,7 +723,7 @@ class _ChanProducer(_ChanEndpoint):
             plan = self._encode_many(values)
         except ApiError as err:
             return Result.new_error(err)
-        total = len(plan[2])
+        total = len(plan[3])
         done = 0
         deadline = -1  # not computed yet
         st = self._stats
@@ -752,10 +758,11 @@ class _ChanProducer(_ChanEndpoint):
         """Encode every message (those up to :data:`STAGE_BYTES` end to end in one
         buffer); raises on a bad one.
 
-        Returns ``(buf, lens, items, starts)``: ``items[i]`` is None for a message
-        encoded in ``buf`` at ``starts[i]`` (length ``lens[i]``), a :class:`_Direct`
-        for a larger one of a known shape (encoded straight into its pool block when
-        published), else its Prepared.
+        Returns ``(buf, lens, items, starts)``: message ``i`` has length ``lens[i]``;
+        ``items`` is None when every message is encoded in ``buf`` (at ``starts[i]``),
+        else ``items[i]`` is None for such a message, a :class:`_Direct` for a larger
+        one of a known shape (encoded straight into its pool block when published), or
+        its Prepared.
         """
         if isinstance(values, dict) or not hasattr(values, "__len__"):
             raise InvalidArgumentError(
@@ -768,51 +775,84 @@ class _ChanProducer(_ChanEndpoint):
         limit = self._stage_limit
         if self._batch_buf.shape[0] < count * _SLOT_INLINE + limit:
             self._batch_buf = np.zeros(max(64, count) * _SLOT_INLINE + limit, dtype=np.uint8)
-        buf, lens = self._batch_buf, self._batch_lens
+        buf = self._batch_buf
         high = buf.shape[0] - limit  # while pos <= high, a message of limit bytes fits
-        items: list = []
+        items: list | None = None  # created at the first message not encoded in buf
+        lens: list = []
         starts: list = []
         pos = 0
         for i, value in enumerate(values):
             n = _encode_fast(value, buf, pos, limit)
-            if n is not None and n > 0:
+            if n is None or n < 0:
+                if items is None:
+                    items = [None] * i
+                n = self._encode_other(i, value, n, buf, pos, items)
+            elif items is not None:
                 items.append(None)
-            elif n is not None and 0 < -n <= self._max_bytes:
-                n = -n
-                items.append(_Direct(value))
-            else:
-                try:
-                    prepared = _prepare(value)
-                except InvalidArgumentError as exc:
-                    raise InvalidArgumentError(
-                        f"values[{i}]: {exc.message}", details={**exc.details, "index": i}
-                    ) from None
-                n = prepared.size
-                if n > self._max_bytes:
-                    raise InvalidArgumentError(
-                        f"values[{i}] encodes to {n} bytes; the pool can hold at most "
-                        f"{self._max_bytes}",
-                        details={"size": n, "index": i},
-                    )
-                if n <= limit:
-                    _write(prepared, buf, pos)
-                    prepared = None
-                items.append(prepared)
-            lens[i] = n
+            lens.append(n)
             starts.append(pos)
-            if items[-1] is None:
+            if items is None or items[-1] is None:
                 pos += n
                 if pos > high:  # room for one more message of limit bytes
                     old = buf
                     buf = self._batch_buf = np.zeros(2 * old.shape[0] + limit, dtype=np.uint8)
                     buf[:pos] = old[:pos]
                     high = buf.shape[0] - limit
-        return buf, lens, items, starts
+        lens_arr = self._batch_lens
+        lens_arr[:count] = lens
+        return buf, lens_arr, items, starts
+
+    def _encode_other(
+        self, i: int, value: Any, n: int | None, buf: Any, pos: int, items: list
+    ) -> int:
+        """Message ``i`` that the codec's fast path did not write into ``buf`` at ``pos``:
+        appends its item (see :meth:`_encode_many`) and returns its encoded size."""
+        if n is not None and 0 < -n <= self._max_bytes:
+            items.append(_Direct(value))
+            return -n
+        try:
+            prepared = _prepare(value)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(
+                f"values[{i}]: {exc.message}", details={**exc.details, "index": i}
+            ) from None
+        n = prepared.size
+        if n > self._max_bytes:
+            raise InvalidArgumentError(
+                f"values[{i}] encodes to {n} bytes; the pool can hold at most {self._max_bytes}",
+                details={"size": n, "index": i},
+            )
+        if n <= self._stage_limit:
+            _write(prepared, buf, pos)
+            prepared = None
+        items.append(prepared)
+        return n
 
     def _put_many_attempt(self, plan: tuple, first: int) -> int | None:
         """Publish from message ``first`` on: how many went out, None (no room), -1 closed."""
         buf, lens, items, starts = plan
-        item = items[first]
+        end = len(starts)
+        if items is None:  # every message in buf: all of them in one kernel call
+            last = end
+        else:
+            item = items[first]
+            if item is not None:
+                return self._put_one_of_many(plan, first, item)
+            last = first + 1
+            while last < end and items[last] is None:
+                last += 1
+        with self._lock:
+            if self._closed:
+                return -1
+            rc = self._put_many(buf[starts[first] :], lens[first:last], last - first)
+        if rc >> 32:
+            futex_wake(self._data_addr)
+        rc &= 0xFFFFFFFF
+        return rc if rc else None
+
+    def _put_one_of_many(self, plan: tuple, first: int, item: Any) -> int | None:
+        """Publish message ``first`` of a batch, one not encoded in the batch's buffer."""
+        _buf, lens, items, _starts = plan
         if item.__class__ is _Direct:  # a large message of a known shape: on its own
             n = int(lens[first])
             with self._lock:
@@ -824,21 +864,8 @@ class _ChanProducer(_ChanEndpoint):
                 lens[first] = item.size
             else:
                 return self._publish_outcome(rc, n) or None
-        if item is not None:  # a large message: on its own
-            got = self._try_put(item, int(lens[first]))
-            return got if got else None
-        last = first + 1
-        end = len(items)
-        while last < end and items[last] is None:
-            last += 1
-        with self._lock:
-            if self._closed:
-                return -1
-            rc = self._put_many(buf[starts[first] :], lens[first:last], last - first)
-        if rc >> 32:
-            futex_wake(self._data_addr)
-        rc &= 0xFFFFFFFF
-        return rc if rc else None
+        got = self._try_put(item, int(lens[first]))  # a large message: on its own
+        return got if got else None
 
 
 class _Direct:
@@ -885,6 +912,8 @@ class _ChanConsumer(_ChanEndpoint):
         )
         self._payload_at = partial(_fast(kchan.slot_payload_offset, b, w, c, 0), b, w, c)
         self._zero_offset = np.zeros(1, dtype=np.int64)
+        words = np.zeros((3, 1), dtype=np.uint64)
+        self._k_match = _fast(kcodec.match_const_words, b, 8, 0, self._lens, 0, words)
         # Adaptive spin: mean gap between message arrivals (ns) and the last arrival.
         self._gap_ns = GAP_CLAMP_NS
         self._last_arrival_ns = 0
@@ -1005,10 +1034,19 @@ class _ChanConsumer(_ChanEndpoint):
         if buf is None:
             out = self._decode_large(slots, k, lens)
         else:
-            try:
-                out = _decode_many(buf, offs, lens)
-            except MsgDeserializeError:
-                out = self._decode_each(buf, offs, lens)
+            out = None
+            if k >= TRUSTED_BATCH and offs.__class__ is range:
+                dec = _last_decoder()
+                if (
+                    dec is not None
+                    and self._k_match(buf, offs.step, k, lens_arr, dec.fixed, dec.const_words) == k
+                ):
+                    out = _decode_trusted(dec, buf, offs, lens)
+            if out is None:
+                try:
+                    out = _decode_many(buf, offs, lens)
+                except MsgDeserializeError:
+                    out = self._decode_each(buf, offs, lens)
         t2 = _perf_ns()
         self._pf_start = start + k
         if self._k_complete(slots, k):

@@ -56,10 +56,12 @@ __all__ = [
     "decode",
     "decode_detached",
     "decode_many",
+    "decode_trusted",
     "encode",
     "encode_fast",
     "encode_into",
     "encoded_size",
+    "last_decoder",
     "prepare",
     "validate_flat_dict",
     "write",
@@ -608,6 +610,7 @@ _dec_by_head: dict[int, list] = {}  # first header word -> decoders of that fiel
 _dec_by_shape: dict[tuple, Any] = {}
 _dec_seen: dict[tuple, int] = {}
 _dec_last: list = [None]  # the decoder that matched last
+_enc_last: list = [None]  # the encoder that took the last message
 
 
 class _Fmt:
@@ -660,7 +663,15 @@ def _build_encoder(keys: tuple, types: tuple) -> Any:
     f.const(struct.pack("<IHH", MAGIC, VERSION, n))
     f.var("Q", "total")
     names = [f"v{i}" for i in range(n)]
-    body = [f"    {', '.join(names)}, = value.values()"]
+    # Checks its own shape (the caller may try it on any value): a dict with these keys
+    # in this order (``!=`` on the same str object is a pointer compare).
+    key_checks = " or ".join(f"k{i} != K{i}" for i in range(n))
+    body = [
+        f"    if type(value) is not dict or len(value) != {n}:\n        return None",
+        f"    {', '.join(f'k{i}' for i in range(n))}, = value",
+        f"    if {key_checks}:\n        return None",
+        f"    {', '.join(names)}, = value.values()",
+    ]
     checks = " or ".join(f"type(v{i}) is not T{i}" for i in range(n))
     body.append(f"    if {checks}:\n        return None")
     var_items: list[tuple[str, str]] = []  # (value expr, length name)
@@ -695,6 +706,7 @@ def _build_encoder(keys: tuple, types: tuple) -> Any:
     fixed_fmt = "<" + "".join(f.fmt)
     namespace: dict[str, Any] = dict(f.consts)
     namespace.update({f"T{i}": t for i, t in enumerate(types)})
+    namespace.update({f"K{i}": k for i, k in enumerate(keys)})
     body.append(f"    total = {fixed} + {cursor}")
     body.append("    if total > limit:\n        return -total")
     args = ", ".join(f.args + [src for src, _ in var_items])
@@ -798,24 +810,36 @@ def encode_fast(value: Any, dst: Any, offset: int, limit: int) -> int | None:
         (nothing written); ``None`` when there is no fast path for ``value`` (use
         :func:`prepare` and :func:`write`).
     """
-    if type(value) is not dict:
-        return None
-    keys = tuple(value)
-    enc = _enc_by_keys.get(keys)
-    if enc is not None:
+    last = _enc_last[0]
+    if last is not None:  # most messages repeat the last one's shape
         try:
-            got = enc(value, dst, offset, limit)
+            got = last(value, dst, offset, limit)
         except Exception:  # noqa: BLE001 - e.g. a str that is not UTF-8: general path
             return None
         if got is not None:
             return got
+    if type(value) is not dict:
+        return None
+    keys = tuple(value)
+    enc = _enc_by_keys.get(keys)
+    if enc is not None and enc is not last:
+        try:
+            got = enc(value, dst, offset, limit)
+        except Exception:  # noqa: BLE001 - general path
+            return None
+        if got is not None:
+            _enc_last[0] = enc
+            return got
     enc2 = _learn_encoder(value, keys)
-    if enc2 is None or enc2 is enc:
+    if enc2 is None or enc2 is enc or enc2 is last:
         return None
     try:
-        return enc2(value, dst, offset, limit)
+        got = enc2(value, dst, offset, limit)
     except Exception:  # noqa: BLE001 - general path
         return None
+    if got is not None:
+        _enc_last[0] = enc2
+    return got
 
 
 def _fast_array(
@@ -876,12 +900,18 @@ def _build_decoder(n: int, heads: tuple, keys_raw: bytes) -> Any:
     f.flush()
     fmt = "<" + "".join(f.fmt)  # the zero padding after the keys is not read
     # Unpack every item into a local: constant runs as c0, c1, ... (compared with the
-    # shape's C0, C1, ...), values as total, a0, b0, ...
+    # shape's C0, C1, ...), values as total, a0, b0, ... The trusted variant skips the
+    # constant runs (its caller compared them, see _const_words).
     targets = [f"c{name[1:]}" if name in f.consts else name for name in f.args]
     checks = " or ".join(f"c{name[1:]} != {name}" for name in f.consts)
+    variables = [name for name in f.args if name not in f.consts]
+    trusted_fmt = "<" + "".join(
+        f"{len(f.consts[name])}x" if name in f.consts else code for name, code in zip(f.args, f.fmt)
+    )
     body.append(f"    if length < {fixed}:\n        return None")
     body.append(f"    {', '.join(targets)}, = S.unpack_from(mv, off)")
     body.append(f"    if {checks}:\n        return None")
+    checked_head = len(body)
     body.append(f"    if total > length or total < {fixed}:\n        return None")
     for i, (tag, ndim, _klen, meta_len) in enumerate(heads):
         a = f"a{i}"
@@ -918,7 +948,37 @@ def _build_decoder(n: int, heads: tuple, keys_raw: bytes) -> Any:
     source = "def decode(mv, buf, off, length):\n" + "\n".join(body) + "\n"
     dec = _compile(source, "decode", namespace)
     dec.has_arrays = any(tag == TAG_NDARRAY for tag, _d, _k, _m in heads)
+    trusted_body = [
+        f"    if length < {fixed}:\n        return None",
+        f"    {', '.join(variables)}, = T.unpack_from(mv, off)",
+        *body[checked_head:],
+    ]
+    namespace["T"] = struct.Struct(trusted_fmt)
+    source = "def trusted(mv, buf, off, length):\n" + "\n".join(trusted_body) + "\n"
+    dec.trusted = _compile(source, "trusted", namespace)
+    dec.fixed = fixed
+    dec.const_words = _const_words(f)
     return dec
+
+
+def _const_words(f: _Fmt) -> np.ndarray:
+    """The constant runs of a decoder's format as 8-byte words: ``uint64[3, m]`` with
+    rows ``index, value, mask`` (word ``index`` of an encoding must equal ``value`` in
+    the bits of ``mask``). Every run starts 8-aligned (values are 8-byte words at
+    8-aligned offsets); the last, the keys, may end inside a word."""
+    words = []
+    pos = 0
+    for name in f.args:
+        if name not in f.consts:
+            pos += 8  # "q", "Q" or "d"
+            continue
+        raw = f.consts[name]
+        for start in range(0, len(raw), 8):
+            chunk = raw[start : start + 8]
+            mask = (1 << (8 * len(chunk))) - 1
+            words.append(((pos + start) // 8, int.from_bytes(chunk, "little"), mask))
+        pos += len(raw)
+    return np.array(words, dtype=np.uint64).T.copy()
 
 
 def _learn_decoder(n: int, e: tuple, keys_raw: bytes) -> None:
@@ -949,7 +1009,7 @@ def _forget_shapes() -> None:
     """Drop every learnt shape (tests)."""
     for table in (_enc_by_keys, _enc_by_shape, _enc_seen, _dec_by_head, _dec_by_shape, _dec_seen):
         table.clear()
-    _dec_last[0] = None
+    _dec_last[0] = _enc_last[0] = None
 
 
 def _decode_fast(mv: memoryview, buf: Any, off: int, length: int) -> dict | None:
@@ -1009,6 +1069,39 @@ def decode_detached(mv: memoryview, offset: int, length: int) -> dict | None:
         if out is not None:
             return out
     return None
+
+
+def last_decoder() -> Any:
+    """The specialised decoder that matched last, or None.
+
+    Its ``const_words`` (``uint64[3, m]``, see
+    :func:`fluxon_kernels.codec.match_const_words`) and ``fixed`` describe its shape's
+    constant bytes; :func:`decode_trusted` decodes encodings checked against them.
+    """
+    return _dec_last[0]
+
+
+def decode_trusted(dec: Any, buf: np.ndarray, offsets: Any, lengths: list) -> list | None:
+    """Decode encodings whose constant words the caller found equal to ``dec``'s.
+
+    The fast half of :func:`decode_many` for a batch of one shape: ``dec`` (from
+    :func:`last_decoder`) reads only the value words and still checks every offset and
+    length against the encoding's bounds. Returns None, not an error, if any encoding
+    fails that: :func:`decode_many` then decodes (and names the problem).
+    """
+    mv = memoryview(buf)
+    trusted = dec.trusted
+    out = []
+    append = out.append
+    try:
+        for off, ln in zip(offsets, lengths):
+            got = trusted(mv, buf, off, ln)
+            if got is None:
+                return None
+            append(got)
+    except Exception:  # noqa: BLE001 - e.g. a str that is not UTF-8: the general path
+        return None
+    return out
 
 
 def decode_many(buf: np.ndarray, offsets: list, lengths: list) -> list:

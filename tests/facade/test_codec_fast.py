@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fluxon import codec
 from fluxon.api_error import MsgDeserializeError
+from fluxon_kernels.codec import match_const_words
 
 KEYS = st.text(min_size=1, max_size=6)
 SIMPLE_VALUES = st.one_of(
@@ -211,3 +212,87 @@ def test_shape_tables_stop_growing_at_their_limit(monkeypatch):
         assert got is None or buf[:got].tobytes() == codec.encode(value)
         assert codec.decode(codec.encode(value)) == value
     codec._forget_shapes()
+
+
+def _same_shape(value: dict, data) -> dict:
+    """Another FlatDict with ``value``'s keys and value types (other values)."""
+    by_type = {
+        int: st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1),
+        float: st.floats(),
+        bool: st.booleans(),
+        str: st.text(max_size=40),
+        bytes: st.binary(max_size=300),
+    }
+    return {k: data.draw(by_type[type(v)]) for k, v in value.items()}
+
+
+def _strided(raws: list) -> tuple:
+    """The encodings ``raws`` at a common 8-aligned stride in one buffer."""
+    stride = max((len(r) + 7) & ~7 for r in raws)
+    buf = np.zeros(stride * len(raws), dtype=np.uint8)
+    for i, raw in enumerate(raws):
+        buf[i * stride : i * stride + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    return buf, stride
+
+
+def _checked(buf: np.ndarray, stride: int, lens: list, dec) -> int:
+    k = len(lens)
+    return match_const_words(buf, stride, k, np.array(lens, np.int64), dec.fixed, dec.const_words)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SIMPLE_DICTS, st.data())
+def test_a_checked_batch_of_one_shape_decodes_trusted_like_decode(value, data):
+    batch = [value] + [_same_shape(value, data) for _ in range(data.draw(st.integers(0, 5)))]
+    raws = [codec.encode(v) for v in batch]
+    learn_decoder(raws[0])
+    dec = codec.last_decoder()
+    buf, stride = _strided(raws)
+    lens = [len(r) for r in raws]
+    assert _checked(buf, stride, lens, dec) == len(raws)
+    out = codec.decode_trusted(dec, buf, range(0, len(buf), stride), lens)
+    assert out is not None
+    assert all(same(o, codec.decode(r)) for o, r in zip(out, raws))
+
+
+def _value_words(value: dict) -> set:
+    """Indices of the 8-byte words of an encoding's fixed part that hold values: the
+    total size, word ``a`` of every entry and word ``b`` of str/bytes entries."""
+    words = {1}
+    for i, v in enumerate(value.values()):
+        words.add(3 + 3 * i)
+        if isinstance(v, (str, bytes)):
+            words.add(4 + 3 * i)
+    return words
+
+
+@settings(max_examples=100, deadline=None)
+@given(SIMPLE_DICTS, st.data())
+def test_const_words_check_every_constant_byte_of_the_fixed_part(value, data):
+    raw = codec.encode(value)
+    learn_decoder(raw)
+    dec = codec.last_decoder()
+    keys_end = 16 + 24 * len(value) + sum(len(k.encode()) for k in value)
+    assert dec.fixed == (keys_end + 7) & ~7
+    values = _value_words(value)
+    for pos in range(dec.fixed):
+        bad = bytearray(raw)
+        bad[pos] ^= 1 << data.draw(st.integers(0, 7))
+        buf, stride = _strided([bytes(bad)])
+        matched = _checked(buf, stride, [len(raw)], dec) == 1
+        # A value byte or the padding after the keys may change; nothing else.
+        assert matched == (pos // 8 in values or pos >= keys_end), pos
+    assert _checked(buf, stride, [dec.fixed - 1], dec) == 0  # too short to hold the shape
+
+
+def test_decode_trusted_declines_values_out_of_bounds():
+    value = {"seq": 1, "payload": b"abc"}
+    raw = bytearray(codec.encode(value))
+    learn_decoder(bytes(raw))
+    dec = codec.last_decoder()
+    struct.pack_into("<Q", raw, 16 + 24 + 16, 10_000)  # payload length past the end
+    buf, stride = _strided([bytes(raw)])
+    assert _checked(buf, stride, [len(raw)], dec) == 1  # constants are intact ...
+    assert codec.decode_trusted(dec, buf, [0], [len(raw)]) is None  # ... a value is not
+    with pytest.raises(MsgDeserializeError):
+        codec.decode_many(buf, [0], [len(raw)])

@@ -129,3 +129,31 @@ def test_a_full_channel_gives_the_count_published_then_close(store, key):
     err = producer.put_data_many(batch).unwrap_error()
     assert isinstance(err, ProducerClosedError)
     consumer.close()
+
+
+def test_batches_of_one_shape_decode_trusted_and_mixed_batches_in_full(store, key, monkeypatch):
+    producer, consumer = _pair(store, key)
+    trusted = []
+    real = api_ext_chan._decode_trusted
+
+    def spy(dec, buf, offs, lens):
+        got = real(dec, buf, offs, lens)
+        trusted.append(got is not None)
+        return got
+
+    monkeypatch.setattr(api_ext_chan, "_decode_trusted", spy)
+    one_shape = [{"seq": i, "t": -i, "payload": bytes([i]) * i} for i in range(40)]
+    mixed = [
+        {"seq": i, "t": -i, "payload": b"x"} if i % 3 else {"seq": i, "name": "é" * i}
+        for i in range(40)
+    ]
+    calls = []
+    for batch in (one_shape, one_shape, mixed, one_shape, one_shape):
+        assert producer.put_data_many(batch, try_time=5).unwrap() == len(batch)
+        assert consumer.get_data(batch_size=64, try_time=5).unwrap() == batch
+        calls.append(len(trusted))
+    # Once the decoder of the shape is known, a batch of that shape alone is decoded
+    # trusted; the mixed one fails the constant check and is decoded in full (as is the
+    # batch after it: the last decoder is then the other shape's).
+    assert all(trusted)
+    assert calls[1] > calls[0] and calls[2] == calls[1] and calls[4] > calls[3]
