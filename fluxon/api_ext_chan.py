@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from enum import Enum
 from functools import partial
+from itertools import accumulate, chain
 from typing import Any
 
 import numpy as np
@@ -723,7 +724,7 @@ class _ChanProducer(_ChanEndpoint):
             plan = self._encode_many(values)
         except ApiError as err:
             return Result.new_error(err)
-        total = len(plan[3])
+        total = plan[4]
         done = 0
         deadline = -1  # not computed yet
         st = self._stats
@@ -758,9 +759,10 @@ class _ChanProducer(_ChanEndpoint):
         """Encode every message (those up to :data:`STAGE_BYTES` end to end in one
         buffer); raises on a bad one.
 
-        Returns ``(buf, lens, items, starts)``: message ``i`` has length ``lens[i]``;
-        ``items`` is None when every message is encoded in ``buf`` (at ``starts[i]``),
-        else ``items[i]`` is None for such a message, a :class:`_Direct` for a larger
+        Returns ``(buf, lens, items, starts, count)``: message ``i`` has length
+        ``lens[i]``; ``items`` and ``starts`` are None when all ``count`` messages are
+        encoded in ``buf``, end to end; else message ``i`` starts at ``starts[i]`` and
+        ``items[i]`` is None for one encoded in ``buf``, a :class:`_Direct` for a larger
         one of a known shape (encoded straight into its pool block when published), or
         its Prepared.
         """
@@ -777,30 +779,47 @@ class _ChanProducer(_ChanEndpoint):
             self._batch_buf = np.zeros(max(64, count) * _SLOT_INLINE + limit, dtype=np.uint8)
         buf = self._batch_buf
         high = buf.shape[0] - limit  # while pos <= high, a message of limit bytes fits
-        items: list | None = None  # created at the first message not encoded in buf
         lens: list = []
-        starts: list = []
+        append = lens.append
         pos = 0
-        for i, value in enumerate(values):
+        declined = it = iter(values)  # (it: nothing declined)
+        # Messages the codec's fast path writes into buf, end to end (nearly always all).
+        for value in it:
             n = _encode_fast(value, buf, pos, limit)
             if n is None or n < 0:
-                if items is None:
-                    items = [None] * i
-                n = self._encode_other(i, value, n, buf, pos, items)
-            elif items is not None:
-                items.append(None)
-            lens.append(n)
-            starts.append(pos)
-            if items is None or items[-1] is None:
-                pos += n
-                if pos > high:  # room for one more message of limit bytes
-                    old = buf
-                    buf = self._batch_buf = np.zeros(2 * old.shape[0] + limit, dtype=np.uint8)
-                    buf[:pos] = old[:pos]
-                    high = buf.shape[0] - limit
+                declined = value
+                break
+            append(n)
+            pos += n
+            if pos > high:  # room for one more message of limit bytes
+                buf, high = self._grow_batch_buf(pos)
+        items = starts = None
+        if declined is not it:  # the others, from the first one the fast path declined
+            starts = list(accumulate(lens, initial=0))[:-1]
+            items = [None] * len(lens)
+            for i, value in enumerate(chain((declined,), it), len(lens)):
+                n = _encode_fast(value, buf, pos, limit)
+                if n is None or n < 0:
+                    n = self._encode_other(i, value, n, buf, pos, items)
+                else:
+                    items.append(None)
+                lens.append(n)
+                starts.append(pos)
+                if items[-1] is None:
+                    pos += n
+                    if pos > high:
+                        buf, high = self._grow_batch_buf(pos)
         lens_arr = self._batch_lens
         lens_arr[:count] = lens
-        return buf, lens_arr, items, starts
+        return buf, lens_arr, items, starts, count
+
+    def _grow_batch_buf(self, used: int) -> tuple:
+        """Double the batch buffer, keeping its first ``used`` bytes: ``(buf, high)``."""
+        old = self._batch_buf
+        limit = self._stage_limit
+        buf = self._batch_buf = np.zeros(2 * old.shape[0] + limit, dtype=np.uint8)
+        buf[:used] = old[:used]
+        return buf, buf.shape[0] - limit
 
     def _encode_other(
         self, i: int, value: Any, n: int | None, buf: Any, pos: int, items: list
@@ -830,21 +849,22 @@ class _ChanProducer(_ChanEndpoint):
 
     def _put_many_attempt(self, plan: tuple, first: int) -> int | None:
         """Publish from message ``first`` on: how many went out, None (no room), -1 closed."""
-        buf, lens, items, starts = plan
-        end = len(starts)
-        if items is None:  # every message in buf: all of them in one kernel call
-            last = end
+        buf, lens, items, starts, count = plan
+        if items is None:  # every message in buf, end to end: the rest in one kernel call
+            last = count
+            start = int(lens[:first].sum()) if first else 0
         else:
+            start = starts[first]
             item = items[first]
             if item is not None:
                 return self._put_one_of_many(plan, first, item)
             last = first + 1
-            while last < end and items[last] is None:
+            while last < count and items[last] is None:
                 last += 1
         with self._lock:
             if self._closed:
                 return -1
-            rc = self._put_many(buf[starts[first] :], lens[first:last], last - first)
+            rc = self._put_many(buf[start:], lens[first:last], last - first)
         if rc >> 32:
             futex_wake(self._data_addr)
         rc &= 0xFFFFFFFF
@@ -852,7 +872,7 @@ class _ChanProducer(_ChanEndpoint):
 
     def _put_one_of_many(self, plan: tuple, first: int, item: Any) -> int | None:
         """Publish message ``first`` of a batch, one not encoded in the batch's buffer."""
-        _buf, lens, items, _starts = plan
+        lens, items = plan[1], plan[2]
         if item.__class__ is _Direct:  # a large message of a known shape: on its own
             n = int(lens[first])
             with self._lock:

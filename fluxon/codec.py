@@ -613,6 +613,10 @@ _dec_last: list = [None]  # the decoder that matched last
 _enc_last: list = [None]  # the encoder that took the last message
 
 
+class _OutOfBounds(Exception):
+    """A trusted decoder's encoding has a value out of its bounds (see decode_trusted)."""
+
+
 class _Fmt:
     """Builds a struct format whose constant runs are merged into ``Ns`` items."""
 
@@ -953,7 +957,9 @@ def _build_decoder(n: int, heads: tuple, keys_raw: bytes) -> Any:
         f"    {', '.join(variables)}, = T.unpack_from(mv, off)",
         *body[checked_head:],
     ]
-    namespace["T"] = struct.Struct(trusted_fmt)
+    # It raises instead of returning None: decode_trusted builds its list without a check.
+    trusted_body = [line.replace("return None", "raise OUT") for line in trusted_body]
+    namespace.update(T=struct.Struct(trusted_fmt), OUT=_OutOfBounds)
     source = "def trusted(mv, buf, off, length):\n" + "\n".join(trusted_body) + "\n"
     dec.trusted = _compile(source, "trusted", namespace)
     dec.fixed = fixed
@@ -1091,17 +1097,10 @@ def decode_trusted(dec: Any, buf: np.ndarray, offsets: Any, lengths: list) -> li
     """
     mv = memoryview(buf)
     trusted = dec.trusted
-    out = []
-    append = out.append
     try:
-        for off, ln in zip(offsets, lengths):
-            got = trusted(mv, buf, off, ln)
-            if got is None:
-                return None
-            append(got)
-    except Exception:  # noqa: BLE001 - e.g. a str that is not UTF-8: the general path
+        return [trusted(mv, buf, off, ln) for off, ln in zip(offsets, lengths)]
+    except Exception:  # noqa: BLE001 - _OutOfBounds, a str that is not UTF-8: general path
         return None
-    return out
 
 
 def decode_many(buf: np.ndarray, offsets: list, lengths: list) -> list:

@@ -4,10 +4,12 @@ partial results on a full channel, close."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from mq_procs import make_message, message_ok
 
-from fluxon import api_ext_chan
+from fluxon import api_ext_chan, codec
 from fluxon.api_error import InvalidArgumentError, ProducerClosedError
 from fluxon.api_ext_chan import ChanRole, ChanType, new_or_bind_with_unique_key
 
@@ -157,3 +159,18 @@ def test_batches_of_one_shape_decode_trusted_and_mixed_batches_in_full(store, ke
     # batch after it: the last decoder is then the other shape's).
     assert all(trusted)
     assert calls[1] > calls[0] and calls[2] == calls[1] and calls[4] > calls[3]
+
+
+def test_a_batch_larger_than_the_capacity_goes_out_in_parts_in_order(store, key):
+    producer, consumer = _pair(store, key, capacity=4)
+    batch = [make_message(3, i, i * 7) for i in range(10)]  # all inline, one shape
+    scratch = np.zeros(4096, dtype=np.uint8)
+    for _ in range(codec.FAST_AFTER + 1):  # the shape is known: all of it on the fast path
+        codec.encode_fast(batch[0], scratch, 0, scratch.size)
+    got: list = []
+    drain = threading.Thread(target=lambda: got.extend(_drain(consumer, len(batch))))
+    drain.start()
+    # Published four (or fewer) at a time from wherever the last part ended.
+    assert producer.put_data_many(batch, try_time=5).unwrap() == len(batch)
+    drain.join(timeout=10)
+    assert got == batch
