@@ -13,7 +13,8 @@ time divided by that number; ``extra_info["messages_per_round"]`` records it):
   a channel filled beforehand, against ``Queue.get`` of messages the feeder thread has
   already taken (large ones may still be on their way through the pipe);
 * ``mq-putget-*``: both halves in one timed round — the one comparison where each side
-  pays for all of its work.
+  pays for all of its work (fluxon twice: with ``put_data``, and with ``put_data_many``
+  of 32 messages per call).
 
 Run with ``make bench``; results go to bench/README.md by hand, with date and machine.
 The end-to-end, multi-process numbers come from ``bench/mq_e2e.py``.
@@ -184,6 +185,27 @@ def test_putget_fluxon(benchmark, channel, size):
     def round_() -> None:
         for m in msgs:
             put(m)
+        got = 0
+        while got < n:
+            got += len(get(BATCH, 5.0).unwrap())
+
+    benchmark.pedantic(round_, rounds=ROUNDS[size], warmup_rounds=2)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_putget_fluxon_many(benchmark, channel, size):
+    """As test_putget_fluxon, sending with put_data_many, BATCH messages per call."""
+    prod, cons = channel
+    msgs = _messages(size)
+    _label(benchmark, "putget", size)
+    batches = [msgs[i : i + BATCH] for i in range(0, len(msgs), BATCH)]
+    put_many = prod.put_data_many
+    get = cons.get_data
+    n = len(msgs)
+
+    def round_() -> None:
+        for batch in batches:
+            put_many(batch)
         got = 0
         while got < n:
             got += len(get(BATCH, 5.0).unwrap())
