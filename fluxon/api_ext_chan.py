@@ -126,6 +126,7 @@ _write = codec.write
 _encode_fast = codec.encode_fast
 _decode_many = codec.decode_many
 _decode_trusted = codec.decode_trusted
+_decode_one = codec.decode_one
 _last_decoder = codec.last_decoder
 _decode_detached = codec.decode_detached
 _SLOT_INLINE = cl.SLOT_INLINE
@@ -1036,8 +1037,9 @@ class _ChanConsumer(_ChanEndpoint):
         if self._inline_first:
             pos = k * _INLINE_STRIDE
             buf = np.empty(pos, dtype=np.uint8)
-            if self._k_copy_inline(slots, k, buf, lens_arr) >= 0:
-                lens = lens_arr[:k].tolist()
+            size = self._k_copy_inline(slots, k, buf, lens_arr)
+            if size >= 0:
+                lens = [size] if k == 1 else lens_arr[:k].tolist()
                 offs = range(0, pos, _INLINE_STRIDE)
             else:
                 self._inline_first = False
@@ -1053,6 +1055,11 @@ class _ChanConsumer(_ChanEndpoint):
             t1 = t if buf is None else _perf_ns()
         if buf is None:
             out = self._decode_large(slots, k, lens)
+        elif k == 1:  # (at offset 0 of buf)
+            try:
+                out = [_decode_one(buf, lens[0])]
+            except MsgDeserializeError:
+                out = self._decode_each(buf, offs, lens)
         else:
             out = None
             if k >= TRUSTED_BATCH and offs.__class__ is range:

@@ -56,6 +56,7 @@ __all__ = [
     "decode",
     "decode_detached",
     "decode_many",
+    "decode_one",
     "decode_trusted",
     "encode",
     "encode_fast",
@@ -1101,6 +1102,20 @@ def decode_trusted(dec: Any, buf: np.ndarray, offsets: Any, lengths: list) -> li
         return [trusted(mv, buf, off, ln) for off, ln in zip(offsets, lengths)]
     except Exception:  # noqa: BLE001 - _OutOfBounds, a str that is not UTF-8: general path
         return None
+
+
+def decode_one(buf: np.ndarray, length: int) -> dict:
+    """:func:`decode_many` of the one encoding at the start of ``buf`` (``length`` bytes
+    long), with less work around the decoder that matched last."""
+    dec = _dec_last[0]
+    if dec is not None:
+        try:
+            got = dec(memoryview(buf), buf, 0, length)
+        except Exception:  # noqa: BLE001 - the general path decides
+            got = None
+        if got is not None:
+            return got
+    return decode_many(buf, (0,), (length,))[0]
 
 
 def decode_many(buf: np.ndarray, offsets: list, lengths: list) -> list:

@@ -296,3 +296,15 @@ def test_decode_trusted_declines_values_out_of_bounds():
     assert codec.decode_trusted(dec, buf, [0], [len(raw)]) is None  # ... a value is not
     with pytest.raises(MsgDeserializeError):
         codec.decode_many(buf, [0], [len(raw)])
+
+
+@settings(max_examples=100, deadline=None)
+@given(SIMPLE_DICTS)
+def test_decode_one_equals_decode_learnt_or_not(value):
+    raw = codec.encode(value)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    assert same(codec.decode_one(buf, len(raw)), value)  # maybe another shape's decoder last
+    learn_decoder(raw)
+    assert same(codec.decode_one(buf, len(raw)), value)
+    with pytest.raises(MsgDeserializeError):
+        codec.decode_one(buf, 8)  # cut short

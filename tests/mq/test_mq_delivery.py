@@ -304,3 +304,23 @@ def test_latency_lines_are_logged_every_interval(store, key, mq_caplog, monkeypa
     ):
         assert keyword in text, text
     assert f"chan={consumer.get_chan_id()}" in text
+
+
+def test_a_message_that_does_not_decode_is_dropped_and_named(store, key, mq_caplog):
+    producer = _bind(store, key, ChanRole.PRODUCER, capacity=8)
+    consumer = _bind(store, key, ChanRole.CONSUMER)
+    good = make_message(1, 0)
+    producer.put_data(good).unwrap()
+    consumer.get_data(try_time=5).unwrap()  # the shape's decoder is the last one used
+
+    def put_garbage() -> None:  # published by the kernel as is: it never was an encoding
+        producer._scratch[:40] = 0x5A
+        assert producer._put_scratch(40) >= 0
+
+    put_garbage()
+    assert consumer.get_data(batch_size=1, try_time=5).unwrap() == []  # alone in its call
+    put_garbage()
+    producer.put_data(good).unwrap()
+    assert consumer.get_data(batch_size=8, try_time=5).unwrap() == [good]  # with another
+    dropped = [r for r in mq_caplog.records if "does not decode (40 bytes)" in r.getMessage()]
+    assert len(dropped) == 2
