@@ -5,7 +5,8 @@ Lifecycle::
     lock pool dir ─► connect etcd ─► Pool.adopt | .create ─► register in etcd ─► shared.json
          │                              (0600)              (lease + keepalive)  (ready signal)
          ▼
-    every 0.2 s: heartbeat, reap dead members (pid + start time) ──► delete their etcd member key
+    every 1 s, and at once when a member's pidfd says it exited: heartbeat, reap dead
+    members (pid + start time) ──► delete their etcd member key
          │
     SIGINT/SIGTERM ─► mark_closing ─► etcd keys/lease ─► shared.json ─► close + unlink pool ─► rmdir
 
