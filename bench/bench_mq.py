@@ -73,6 +73,13 @@ def _drain_all(cons) -> None:
         pass
 
 
+def _get_n(get, n: int) -> None:
+    """``get_data(batch_size=BATCH)`` until ``n`` messages came."""
+    got = 0
+    while got < n:
+        got += len(get(BATCH, 5.0).unwrap())
+
+
 def _fill(prod, msgs: list[dict]) -> None:
     for m in msgs:
         assert prod.put_data(m, try_time=5.0).unwrap()
@@ -144,9 +151,7 @@ def test_get_fluxon(benchmark, channel, size):
     n = len(msgs)
 
     def round_() -> None:
-        got = 0
-        while got < n:
-            got += len(get(BATCH, 5.0).unwrap())
+        _get_n(get, n)
 
     benchmark.pedantic(
         round_, setup=lambda: _fill(prod, msgs), rounds=ROUNDS[size], warmup_rounds=2
@@ -185,9 +190,7 @@ def test_putget_fluxon(benchmark, channel, size):
     def round_() -> None:
         for m in msgs:
             put(m)
-        got = 0
-        while got < n:
-            got += len(get(BATCH, 5.0).unwrap())
+        _get_n(get, n)
 
     benchmark.pedantic(round_, rounds=ROUNDS[size], warmup_rounds=2)
 
@@ -206,9 +209,7 @@ def test_putget_fluxon_many(benchmark, channel, size):
     def round_() -> None:
         for batch in batches:
             put_many(batch)
-        got = 0
-        while got < n:
-            got += len(get(BATCH, 5.0).unwrap())
+        _get_n(get, n)
 
     benchmark.pedantic(round_, rounds=ROUNDS[size], warmup_rounds=2)
 

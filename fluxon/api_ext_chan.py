@@ -126,7 +126,6 @@ _write = codec.write
 _encode_fast = codec.encode_fast
 _decode_many = codec.decode_many
 _decode_trusted = codec.decode_trusted
-_decode_one = codec.decode_one
 _last_decoder = codec.last_decoder
 _decode_detached = codec.decode_detached
 _SLOT_INLINE = cl.SLOT_INLINE
@@ -1055,20 +1054,8 @@ class _ChanConsumer(_ChanEndpoint):
             t1 = t if buf is None else _perf_ns()
         if buf is None:
             out = self._decode_large(slots, k, lens)
-        elif k == 1:  # (at offset 0 of buf)
-            try:
-                out = [_decode_one(buf, lens[0])]
-            except MsgDeserializeError:
-                out = self._decode_each(buf, offs, lens)
         else:
-            out = None
-            if k >= TRUSTED_BATCH and offs.__class__ is range:
-                dec = _last_decoder()
-                if (
-                    dec is not None
-                    and self._k_match(buf, offs.step, k, lens_arr, dec.fixed, dec.const_words) == k
-                ):
-                    out = _decode_trusted(dec, buf, offs, lens)
+            out = self._decode_one_shape(buf, offs, lens, lens_arr) if k >= TRUSTED_BATCH else None
             if out is None:
                 try:
                     out = _decode_many(buf, offs, lens)
@@ -1086,6 +1073,23 @@ class _ChanConsumer(_ChanEndpoint):
             st.codec_ns += (t2 - t1) * w
         self._note_arrivals(t2, k)
         return out
+
+    def _decode_one_shape(
+        self, buf: np.ndarray, offs: Any, lens: list, lens_arr: np.ndarray
+    ) -> list | None:
+        """Decode a batch copied into ``buf`` at a fixed stride if every message has the
+        shape of the decoder that matched last (its constant bytes compared by one kernel
+        call); None otherwise (then ``decode_many``)."""
+        if offs.__class__ is not range:
+            return None
+        dec = _last_decoder()
+        k = len(lens)
+        if (
+            dec is None
+            or self._k_match(buf, offs.step, k, lens_arr, dec.fixed, dec.const_words) != k
+        ):
+            return None
+        return _decode_trusted(dec, buf, offs, lens)
 
     def _copy_measured(self, slots: np.ndarray, k: int, lens: list) -> tuple:
         """Copy ``k`` claimed messages of lengths ``lens`` into a new buffer, each

@@ -56,7 +56,6 @@ __all__ = [
     "decode",
     "decode_detached",
     "decode_many",
-    "decode_one",
     "decode_trusted",
     "encode",
     "encode_fast",
@@ -1104,20 +1103,6 @@ def decode_trusted(dec: Any, buf: np.ndarray, offsets: Any, lengths: list) -> li
         return None
 
 
-def decode_one(buf: np.ndarray, length: int) -> dict:
-    """:func:`decode_many` of the one encoding at the start of ``buf`` (``length`` bytes
-    long), with less work around the decoder that matched last."""
-    dec = _dec_last[0]
-    if dec is not None:
-        try:
-            got = dec(memoryview(buf), buf, 0, length)
-        except Exception:  # noqa: BLE001 - the general path decides
-            got = None
-        if got is not None:
-            return got
-    return decode_many(buf, (0,), (length,))[0]
-
-
 def decode_many(buf: np.ndarray, offsets: list, lengths: list) -> list:
     """Decode ``len(offsets)`` encodings laid out in one ``uint8`` buffer.
 
@@ -1139,9 +1124,16 @@ def decode_many(buf: np.ndarray, offsets: list, lengths: list) -> list:
         If any of them does not decode (decode them one by one to skip it).
     """
     mv = memoryview(buf)
+    dec = _dec_last[0]
+    if dec is not None and len(lengths) == 1:  # one message: no loop to set up
+        try:
+            got = dec(mv, buf, offsets[0], lengths[0])
+        except Exception:  # noqa: BLE001 - the general path decides
+            got = None
+        if got is not None:
+            return [got]
     out = []
     append = out.append
-    dec = _dec_last[0]
     for off, ln in zip(offsets, lengths):
         got = None
         if dec is not None:

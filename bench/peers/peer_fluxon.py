@@ -80,9 +80,6 @@ class FluxonPeer(Peer):
         procs = {"etcd": p.etcd_server, "master": p.master_proc, "owner": p.owner_proc}
         return {proc.pid: name for name, proc in procs.items() if proc is not None and proc.pid}
 
-    def service_pids(self) -> list[int]:
-        return list(self.service_names())
-
     def worker_config(self, n_prod: int, n_cons: int) -> dict:
         return {
             "cluster_name": self.plane.cluster_name,

@@ -217,14 +217,6 @@ class ReferencePeer(Peer):
             out[self.plane.pid] = "master + owner (and their starter)"
         return out
 
-    def service_pids(self) -> list[int]:
-        out = []
-        if self.etcd is not None and self.etcd.pid:
-            out.append(self.etcd.pid)
-        if self.plane is not None:
-            out.append(self.plane.pid)
-        return out
-
     def worker_config(self, n_prod: int, n_cons: int) -> dict:
         return {
             "cluster_name": self.cluster_name,

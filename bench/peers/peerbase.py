@@ -86,13 +86,14 @@ class Peer:
     def start(self) -> None:
         """Start the peer's service processes, if it has any (raise :class:`SkipPeer`)."""
 
-    def service_pids(self) -> list[int]:
-        """Root pids of the always-on processes (their children count too)."""
-        return []
-
     def service_names(self) -> dict[int, str]:
-        """Labels of :meth:`service_pids` for the idle breakdown (default: process names)."""
+        """The always-on processes: root pid -> label for the idle breakdown (their
+        children count too; an empty label: the process name)."""
         return {}
+
+    def service_pids(self) -> list[int]:
+        """Root pids of the always-on processes (see :meth:`service_names`)."""
+        return list(self.service_names())
 
     def stop(self) -> None:
         """Stop the service processes and remove everything the peer created."""
